@@ -1,0 +1,5 @@
+import sys
+
+from speechforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,159 @@
+"""The ``speechforge`` command: parse arguments, call the pipeline, print the result.
+
+Expected problems (a bad recipe, a bad data file) print one or two lines and exit
+with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from speechforge import registry
+from speechforge.data.errors import DataError
+from speechforge.recipe import RecipeError
+
+EXIT_USAGE = 2
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe value (repeatable), e.g. --set model.encoder.num_layers=6")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="speechforge", description="End-to-end speech recognition from TOML recipes.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    ap.add_argument("--quiet", action="store_true", help="print only the final summary")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train, evaluate on dev, decode test")
+    p.add_argument("recipe", type=Path)
+    _add_set(p)
+    p.add_argument("--run-dir", default=None, help="where the run lives (default: runs/<recipe name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir (also automatic)")
+
+    p = sub.add_parser("check", help="validate a recipe and build every component, without training")
+    p.add_argument("recipe", type=Path)
+    _add_set(p)
+
+    p = sub.add_parser("registry", help="list registered components")
+    p.add_argument("kind", nargs="?", choices=registry.KINDS)
+
+    p = sub.add_parser("decode", help="decode with a trained run (no training)")
+    p.add_argument("run_dir", type=Path)
+    _add_set(p)
+    p.add_argument("--split", action="append", choices=["dev", "test"], help="split(s) to decode (default both)")
+
+    p = sub.add_parser("data", help="data tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="generate the built-in synthetic corpus")
+    s.add_argument("--out", type=Path, default=Path("data/synth"))
+    s.add_argument("--train", type=int, default=1500)
+    s.add_argument("--dev", type=int, default=100)
+    s.add_argument("--test", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--wav", action="store_true", help="also keep the waveforms")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    try:
+        return COMMANDS[args.command](args, log)
+    except (RecipeError, DataError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_run(args, log) -> int:
+    from speechforge import pipeline, recipe as recipe_mod
+    from speechforge.experiment import resolve_run_dir
+    from speechforge.train.trainer import NonFiniteError, TrainingInterrupted
+
+    recipe = recipe_mod.load(args.recipe, args.overrides)
+    run_dir = resolve_run_dir(recipe, args.recipe, args.run_dir)
+    try:
+        summary = pipeline.run(recipe, run_dir, log, progress=not args.quiet)
+    except TrainingInterrupted as sig:
+        print(f"stopped by {sig}; checkpoint saved. Resume with: speechforge run {args.recipe} --run-dir {run_dir}",
+              file=sys.stderr)
+        return 130
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(_summary_lines(summary))
+    return 0
+
+
+def _summary_lines(summary: dict) -> str:
+    lines = [f"run directory: {summary['run_dir']}"]
+    dec = summary.get("decode", {})
+    for role in ("dev", "test"):
+        if role in dec and "cer" in dec[role]:
+            lines.append(f"{role}: CER {dec[role]['cer']:.4f}  WER {dec[role]['wer']:.4f}  ({dec[role]['utterances']} utterances)")
+    if "folder" in dec:
+        lines.append(f"transcripts: {dec['folder']}")
+    lines.append(f"time: {summary.get('seconds', 0):.0f} s")
+    return "\n".join(lines)
+
+
+def cmd_check(args, log) -> int:
+    from speechforge import experiment, recipe as recipe_mod
+
+    recipe = recipe_mod.load(args.recipe, args.overrides)
+    exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
+    recipe.loss.build()
+    recipe.optimizer.build(model=exp.model)
+    recipe.scheduler.build(total_steps=1000)
+    recipe.trainer.build()
+    recipe.decode.build()
+    from speechforge.model.transformer import count_parameters
+
+    for note in exp.notes:
+        print(f"note: {note}")
+    print(f"parameters: {count_parameters(exp.model):,}")
+    print(f"vocabulary: {exp.tokenizer.vocab_size}")
+    print("resolved recipe:")
+    print(recipe_mod.dumps(recipe.to_dict()))
+    return 0
+
+
+def cmd_registry(args, log) -> int:
+    kinds = [args.kind] if args.kind else list(registry.KINDS)
+    for kind in kinds:
+        print(f"{kind}:")
+        for name, doc, dist in registry.describe(kind):
+            print(f"  {name:<20} {doc}  [{dist}]")
+    return 0
+
+
+def cmd_decode(args, log) -> int:
+    from speechforge import pipeline
+
+    results = pipeline.decode_run(args.run_dir, args.overrides, log, tuple(args.split or ("dev", "test")))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_data(args, log) -> int:
+    from speechforge.data.synth import build_corpus
+
+    stats = build_corpus(args.out, n_train=args.train, n_dev=args.dev, n_test=args.test, seed=args.seed,
+                         save_wav=args.wav, progress=not args.quiet)
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
+
+if __name__ == "__main__":
+    sys.exit(main())

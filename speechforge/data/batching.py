@@ -1,0 +1,146 @@
+"""From utterances to padded batches: dataset, length-bucketed batch sampler, collate."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from speechforge.data.corpus import Utterance, load_features
+from speechforge.data.normalization import Normalizer
+from speechforge.data.tokenizers import EOS, PAD, SOS, Tokenizer
+
+
+class UtteranceDataset(Dataset):
+    """Normalized features and token ids of one split, read lazily from disk."""
+
+    def __init__(self, utterances: list[Utterance], normalizer: Normalizer, tokenizer: Tokenizer | None,
+                 num_mel_bins: int = 80):
+        self.utterances = utterances
+        self.normalizer = normalizer
+        self.tokenizer = tokenizer
+        self.num_mel_bins = num_mel_bins
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict:
+        utt = self.utterances[index]
+        feats = self.normalizer(load_features(utt.feats, self.num_mel_bins))
+        item = {"id": utt.id, "feats": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), "text": utt.text}
+        if utt.text is not None and self.tokenizer is not None:
+            item["tokens"] = self.tokenizer.encode(utt.text)
+        return item
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    feats: torch.Tensor  # (B, T, F)
+    feat_lens: torch.Tensor  # (B,)
+    texts: list[str | None]
+    tokens_in: torch.Tensor | None = None  # (B, U) <sos> + tokens, PAD after
+    tokens_out: torch.Tensor | None = None  # (B, U) tokens + <eos>, PAD after
+    token_lens: torch.Tensor | None = None  # (B,) without <sos>/<eos>
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(self.ids, move(self.feats), move(self.feat_lens), self.texts,
+                     move(self.tokens_in), move(self.tokens_out), move(self.token_lens))
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - float(self.feat_lens.sum()) / self.feats.shape[0] / self.feats.shape[1]
+
+
+def collate(items: list[dict]) -> Batch:
+    lens = torch.tensor([it["feats"].shape[0] for it in items])
+    feats = torch.nn.utils.rnn.pad_sequence([it["feats"] for it in items], batch_first=True)
+    batch = Batch([it["id"] for it in items], feats, lens, [it["text"] for it in items])
+    if all("tokens" in it for it in items):
+        token_lens = torch.tensor([len(it["tokens"]) for it in items])
+        width = int(token_lens.max()) + 1
+        tokens_in = torch.full((len(items), width), PAD, dtype=torch.long)
+        tokens_out = torch.full((len(items), width), PAD, dtype=torch.long)
+        for i, it in enumerate(items):
+            seq = torch.tensor(it["tokens"], dtype=torch.long)
+            tokens_in[i, 0] = SOS
+            tokens_in[i, 1 : len(seq) + 1] = seq
+            tokens_out[i, : len(seq)] = seq
+            tokens_out[i, len(seq)] = EOS
+        batch.tokens_in, batch.tokens_out, batch.token_lens = tokens_in, tokens_out, token_lens
+    return batch
+
+
+def make_batches(lengths: list[int], max_frames: int | None, batch_size: int | None,
+                 bucketed: bool, rng: random.Random | None) -> list[list[int]]:
+    """Group utterance indices into batches.
+
+    ``max_frames`` bounds the padded size (longest x count), not the sum of lengths,
+    because padded frames cost compute too. Bucketing sorts by length (with a little
+    seeded jitter so batches differ between epochs) so each batch pads little."""
+    order = list(range(len(lengths)))
+    if bucketed:
+        if rng is not None:
+            jitter = {i: lengths[i] * (1 + 0.1 * rng.random()) for i in order}
+            order.sort(key=lambda i: jitter[i])
+        else:
+            order.sort(key=lambda i: lengths[i])
+    elif rng is not None:
+        rng.shuffle(order)
+    batches, current, longest = [], [], 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        too_many = batch_size is not None and len(current) >= batch_size
+        too_big = max_frames is not None and current and new_longest * (len(current) + 1) > max_frames
+        if current and (too_many or too_big):
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Dynamic, length-bucketed batches, reshuffled per epoch from (seed, epoch).
+
+    ``start`` skips the batches of an epoch already trained, so a resumed run sees
+    exactly the batches an uninterrupted one would."""
+
+    def __init__(self, lengths: list[int], max_frames: int | None, batch_size: int | None,
+                 bucketed: bool = True, shuffle: bool = True, seed: int = 0):
+        self.lengths = lengths
+        self.max_frames, self.batch_size = max_frames, batch_size
+        self.bucketed, self.shuffle, self.seed = bucketed, shuffle, seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 100003 + self.epoch) if self.shuffle else None
+        return make_batches(self.lengths, self.max_frames, self.batch_size, self.bucketed, rng)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self.batches()[self.start :]
+
+    def __len__(self) -> int:
+        return len(self.batches()) - self.start
+
+
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    return 1.0 - real / padded if padded else 0.0
+
+
+AugmentFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

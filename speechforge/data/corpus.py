@@ -1,0 +1,144 @@
+"""The data model: utterances with ids, feature files, transcripts and lengths.
+
+Every source (the HW4P2 feature layout, audio layouts, manifests) ends up as a list of
+``Utterance`` per split; everything downstream (normalization, batching, decoding)
+only sees those. Bad files are found here, once, and reported by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Literal
+
+import numpy as np
+
+from speechforge.data.errors import DataError
+
+OnBadFile = Literal["stop", "skip"]
+
+
+@dataclass
+class Utterance:
+    id: str
+    feats: Path  # .npy of shape (num_mel_bins, T)
+    text: str | None
+    num_frames: int
+
+
+@dataclass
+class Split:
+    name: str
+    utterances: list[Utterance]
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of every file left out
+
+    @property
+    def has_text(self) -> bool:
+        return bool(self.utterances) and all(u.text is not None for u in self.utterances)
+
+    def stats(self, frame_rate: float = 100.0) -> dict[str, float]:
+        frames = sum(u.num_frames for u in self.utterances)
+        return {
+            "utterances": len(self.utterances),
+            "hours": round(frames / frame_rate / 3600, 4),
+            "frames": frames,
+            "characters": sum(len(u.text or "") for u in self.utterances),
+            "skipped": len(self.skipped),
+        }
+
+
+def load_features(path: Path, num_mel_bins: int) -> np.ndarray:
+    """Read one (num_mel_bins, T) feature file as (T, num_mel_bins) float32, or say why not."""
+    try:
+        feats = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"cannot read features ({err.__class__.__name__}: {err}); the file may be truncated or not a .npy", path) from None
+    if feats.ndim != 2:
+        raise DataError(f"expected a 2-D array of shape ({num_mel_bins}, T), got shape {feats.shape}", path)
+    if feats.shape[0] != num_mel_bins:
+        if feats.shape[1] == num_mel_bins:
+            raise DataError(
+                f"shape {feats.shape} looks transposed: features are stored as ({num_mel_bins}, T); save feats.T", path
+            )
+        raise DataError(f"expected {num_mel_bins} mel bins in the first axis, got shape {feats.shape}", path)
+    if not np.issubdtype(feats.dtype, np.floating):
+        raise DataError(f"expected floating-point features, got dtype {feats.dtype}", path)
+    if feats.shape[1] == 0:
+        raise DataError("has no frames", path)
+    if not np.isfinite(feats).all():
+        bad = int((~np.isfinite(feats)).sum())
+        raise DataError(f"holds {bad} NaN or infinite values", path)
+    return np.ascontiguousarray(feats.T, dtype=np.float32)
+
+
+def load_transcript(path: Path) -> str:
+    try:
+        chars = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(f"cannot read transcript ({err.__class__.__name__}: {err})", path) from None
+    text = "".join(chars.reshape(-1).tolist()) if chars.dtype.kind == "U" else None
+    if text is None:
+        raise DataError(f"expected an array of characters, got dtype {chars.dtype}", path)
+    text = " ".join(text.split())
+    if not text:
+        raise DataError("transcript is empty", path)
+    return text
+
+
+def scan_feature_split(
+    split_dir: Path,
+    num_mel_bins: int,
+    on_bad_file: OnBadFile,
+    require_text: bool,
+    visit: Callable[[np.ndarray], None] | None = None,
+    limit: int | None = None,
+) -> Split:
+    """Read the HW4P2 layout of one split: fbank/<utt>.npy (+ text/<utt>.npy).
+
+    Every file is read once here, so a bad one stops the run (or is skipped and
+    counted) before training starts rather than hours into it; ``visit`` sees each
+    good feature matrix, which is how normalization statistics come for free."""
+    fbank_dir, text_dir = split_dir / "fbank", split_dir / "text"
+    if not fbank_dir.is_dir():
+        raise DataError(f"no fbank/ folder: expected {fbank_dir}/<utt>.npy", split_dir)
+    feat_ids = {p.stem: p for p in fbank_dir.glob("*.npy")}
+    if not feat_ids:
+        raise DataError("fbank/ holds no .npy files", split_dir)
+    text_ids = {p.stem: p for p in text_dir.glob("*.npy")} if text_dir.is_dir() else {}
+    if require_text and not text_ids:
+        raise DataError(f"no transcripts: expected {text_dir}/<utt>.npy", split_dir)
+
+    problems: list[str] = []
+    if text_ids:
+        problems += [f"{feat_ids[u]}: features without a transcript" for u in sorted(set(feat_ids) - set(text_ids))]
+        problems += [f"{text_ids[u]}: transcript without features" for u in sorted(set(text_ids) - set(feat_ids))]
+    utterances = []
+    ids = sorted(set(feat_ids) & set(text_ids)) if text_ids else sorted(feat_ids)
+    if limit is not None:
+        ids = ids[:limit]
+    for utt in ids:
+        try:
+            text = load_transcript(text_ids[utt]) if text_ids else None
+            feats = load_features(feat_ids[utt], num_mel_bins)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        if visit is not None:
+            visit(feats)
+        utterances.append(Utterance(utt, feat_ids[utt], text, feats.shape[0]))
+    if problems and on_bad_file == "stop":
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}; set data.on_bad_file = \"skip\" to leave bad files out and count them")
+    if not utterances:
+        raise DataError("no usable utterances", split_dir)
+    return Split(split_dir.name, utterances, problems)
+
+
+def check_encodable(texts: Iterable[tuple[str, str]], can_encode: Callable[[str], str | None]) -> list[str]:
+    """Utterances whose transcript the tokenizer cannot represent: 'id: reason'."""
+    out = []
+    for utt_id, text in texts:
+        reason = can_encode(text)
+        if reason:
+            out.append(f"{utt_id}: {reason}")
+    return out

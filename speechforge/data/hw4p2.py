@@ -1,0 +1,144 @@
+"""Datasets in the HW4P2 feature layout: <root>/<split>/fbank/<utt>.npy (80, T) and
+<root>/<split>/text/<utt>.npy (characters); the built-in synthetic corpus uses it too."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Callable
+
+import numpy as np
+from pydantic import AfterValidator, Field
+
+from speechforge import registry
+from speechforge.data.corpus import OnBadFile, Split, scan_feature_split
+from speechforge.recipe import Spec, Sub
+
+
+class FeatureCorpus:
+    """Where a corpus lives and how it is batched; splits are scanned on first use."""
+
+    def __init__(
+        self,
+        root: Path,
+        splits: dict[str, str | None],
+        num_mel_bins: int,
+        on_bad_file: OnBadFile,
+        max_frames: int | None,
+        batch_size: int | None,
+        bucketed: bool,
+        num_workers: int,
+        normalization: Spec,
+        augment: list[Spec],
+        max_utterances: int | None,
+    ):
+        self.root = Path(root)
+        self.splits = splits
+        self.num_mel_bins = num_mel_bins
+        self.on_bad_file = on_bad_file
+        self.max_frames, self.batch_size, self.bucketed = max_frames, batch_size, bucketed
+        self.num_workers = num_workers
+        self.normalization = normalization
+        self.augment = augment
+        self.max_utterances = max_utterances
+        self._cache: dict[str, Split] = {}
+
+    def prepare(self, log: Callable[[str], None] = print) -> None:
+        """Make sure the data exists (the synthetic corpus builds itself here)."""
+
+    def has(self, role: str) -> bool:
+        folder = self.splits.get(role)
+        return folder is not None and (self.root / folder / "fbank").is_dir()
+
+    def split(self, role: str, visit: Callable[[np.ndarray], None] | None = None) -> Split:
+        if role not in self._cache:
+            folder = self.splits.get(role)
+            if folder is None:
+                raise KeyError(f"data.{role}: no split configured")
+            self._cache[role] = scan_feature_split(
+                self.root / folder,
+                self.num_mel_bins,
+                self.on_bad_file,
+                require_text=(role == "train"),
+                visit=visit,
+                limit=self.max_utterances if role == "train" else None,
+            )
+        return self._cache[role]
+
+
+def _existing_dir(value: str) -> str:
+    if not Path(value).is_dir():
+        raise ValueError(
+            f"no such directory {value!r}: put the HW4P2 data there "
+            f"(<root>/train-clean-100/fbank/*.npy, .../text/*.npy) or point elsewhere with --set data.root=PATH"
+        )
+    return value
+
+
+PositiveOrNone = Annotated[int, Field(gt=0)] | None
+
+
+@registry.datasets.register("hw4p2")
+def hw4p2(
+    root: Annotated[str, AfterValidator(_existing_dir)],
+    train: str = "train-clean-100",
+    dev: str | None = "dev-clean",
+    test: str | None = "test-clean",
+    num_mel_bins: Annotated[int, Field(gt=0)] = 80,
+    normalization: Annotated[Spec, Sub("normalizers")] = {"name": "global_mvn"},
+    augment: Annotated[list[Spec], Sub("augmentations", many=True)] = [],
+    max_frames: PositiveOrNone = 20000,
+    batch_size: PositiveOrNone = None,
+    bucketed: bool = True,
+    num_workers: Annotated[int, Field(ge=0)] = 0,
+    on_bad_file: OnBadFile = "stop",
+    max_utterances: PositiveOrNone = None,
+) -> FeatureCorpus:
+    """The HW4P2 layout: <root>/<split>/fbank/*.npy (80, T) and text/*.npy characters."""
+    return FeatureCorpus(
+        Path(root), {"train": train, "dev": dev, "test": test}, num_mel_bins, on_bad_file,
+        max_frames, batch_size, bucketed, num_workers, normalization, augment, max_utterances,
+    )
+
+
+class SynthCorpus(FeatureCorpus):
+    def __init__(self, sizes: dict[str, int], seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.sizes, self.seed = sizes, seed
+
+    def prepare(self, log: Callable[[str], None] = print) -> None:
+        if (self.root / "corpus.json").exists():
+            return
+        from speechforge.data.synth import build_corpus
+
+        log(f"The built-in corpus is missing: generating it in {self.root} "
+            f"({self.sizes['train']}/{self.sizes['dev']}/{self.sizes['test']} utterances, seed {self.seed}) ...")
+        build_corpus(self.root, n_train=self.sizes["train"], n_dev=self.sizes["dev"], n_test=self.sizes["test"],
+                     seed=self.seed, progress=sys.stderr.isatty())
+
+
+@registry.datasets.register("synth")
+def synth(
+    root: str = "data/synth",
+    train_utterances: Annotated[int, Field(gt=0)] = 1500,
+    dev_utterances: Annotated[int, Field(gt=0)] = 100,
+    test_utterances: Annotated[int, Field(gt=0)] = 100,
+    corpus_seed: Annotated[int, Field(ge=0)] = 0,
+    normalization: Annotated[Spec, Sub("normalizers")] = {"name": "global_mvn"},
+    augment: Annotated[list[Spec], Sub("augmentations", many=True)] = [],
+    max_frames: PositiveOrNone = 20000,
+    batch_size: PositiveOrNone = None,
+    bucketed: bool = True,
+    num_workers: Annotated[int, Field(ge=0)] = 0,
+    on_bad_file: OnBadFile = "stop",
+    max_utterances: PositiveOrNone = None,
+) -> SynthCorpus:
+    """The built-in synthetic English corpus (espeak-ng voices), generated on first use."""
+    return SynthCorpus(
+        sizes={"train": train_utterances, "dev": dev_utterances, "test": test_utterances},
+        seed=corpus_seed,
+        root=Path(root), splits={"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"},
+        num_mel_bins=80, on_bad_file=on_bad_file, max_frames=max_frames, batch_size=batch_size,
+        bucketed=bucketed, num_workers=num_workers, normalization=normalization, augment=augment,
+        max_utterances=max_utterances,
+    )

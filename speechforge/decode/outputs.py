@@ -1,0 +1,71 @@
+"""Running a decoder over a split, and what it writes: hypotheses, metrics, submission."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from speechforge.data.batching import Batch
+from speechforge.data.tokenizers import Tokenizer
+from speechforge.metrics import error_rates
+
+
+@torch.no_grad()
+def decode_batches(
+    model, batches: Iterable[Batch], decoder: Callable, tokenizer: Tokenizer, device: torch.device,
+) -> list[dict[str, Any]]:
+    """One record per utterance: id, reference (or None), best hypothesis, n-best with scores."""
+    records = []
+    model.eval()
+    for batch in batches:
+        batch = batch.to(device)
+        enc_out, enc_lens = model.encode(batch.feats, batch.feat_lens)
+        for utt, ref, nbest in zip(batch.ids, batch.texts, decoder(model, enc_out, enc_lens)):
+            texts = [tokenizer.decode(h.tokens) for h in nbest]
+            records.append({
+                "id": utt, "ref": ref, "hyp": texts[0],
+                "nbest": [{"text": t, "score": round(h.score, 4)} for t, h in zip(texts, nbest)],
+            })
+    return sorted(records, key=lambda r: r["id"])
+
+
+def score(records: list[dict[str, Any]]) -> dict[str, float] | None:
+    scored = [r for r in records if r["ref"] is not None]
+    if not scored:
+        return None
+    return error_rates([r["ref"] for r in scored], [r["hyp"] for r in scored])
+
+
+def write_outputs(records: list[dict[str, Any]], folder: Path, split: str) -> dict[str, Any]:
+    """hyps.jsonl (n-best), metrics.json (when references exist), and for the test
+    split submission.csv with ids in sorted utterance order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{split}.hyps.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    result: dict[str, Any] = {"split": split, "utterances": len(records)}
+    rates = score(records)
+    if rates is not None:
+        result.update(rates)
+    if split == "test":
+        with open(folder / "submission.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "transcription"])
+            for r in records:
+                writer.writerow([r["id"], r["hyp"]])
+    return result
+
+
+def decode_tag(name: str, args: dict[str, Any]) -> str:
+    """A folder name per decoding configuration, so configurations sit side by side."""
+    parts = [name]
+    for key in sorted(args):
+        value = args[key]
+        if isinstance(value, (int, float, str, bool)) and value is not None:
+            parts.append(f"{key}{value}")
+    tag = "-".join(parts)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)[:120]

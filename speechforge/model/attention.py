@@ -1,0 +1,97 @@
+"""Multi-head attention on top of ``scaled_dot_product_attention``.
+
+Masks are boolean and True where attention is *allowed*, shaped to broadcast to
+(B, H, L, S). Passing ``is_causal`` instead of a mask when there is no padding keeps
+SDPA on its fused (flash / memory-efficient) kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """(B,) lengths -> (B, S) bool, True at real (non-padded) positions."""
+    max_len = int(lengths.max()) if max_len is None else max_len
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def attention_mask(
+    key_valid: torch.Tensor | None, query_len: int, key_len: int, causal: bool, device=None
+) -> torch.Tensor | None:
+    """Combine key padding (B, S) and causality into one (B, 1, L, S) mask, or None."""
+    if key_valid is None and not causal:
+        return None
+    mask = None
+    if key_valid is not None:
+        mask = key_valid[:, None, None, :]
+    if causal:
+        # queries are the last `query_len` positions: cached decoding sees the whole past
+        causal_mask = torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(key_len - query_len)
+        mask = causal_mask[None, None] if mask is None else mask & causal_mask
+    return mask
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention over ``num_heads`` heads of size d_model / num_heads."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape  # (B, N, D) -> (B, H, N, Dh)
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values in head layout; cross-attention computes these once per utterance."""
+        return self.split(self.k_proj(key)), self.split(self.v_proj(value))
+
+    def forward(
+        self,
+        query: torch.Tensor,  # (B, L, D)
+        key: torch.Tensor | None = None,  # (B, S, D); None when kv is given
+        value: torch.Tensor | None = None,
+        key_valid: torch.Tensor | None = None,  # (B, S) True at real positions
+        causal: bool = False,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # precomputed (B, H, S, Dh)
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, length, d = query.shape
+        q = self.split(self.q_proj(query))
+        if kv is None:
+            k, v = self.project_kv(key, value)
+        else:
+            k, v = kv
+        dropout = self.dropout if self.training else 0.0
+        # one query at the end of the sequence may see every key: no causal mask needed
+        causal = causal and length > 1
+        weights = None
+        if need_weights:
+            mask = attention_mask(key_valid, length, k.shape[2], causal, q.device)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            # a query that sees no key gets zeros, as SDPA gives, not NaN
+            weights = scores.softmax(-1).nan_to_num(0.0)
+            out = F.dropout(weights, dropout, self.training) @ v
+        elif key_valid is None and (not causal or length == k.shape[2]):
+            # no padding: let SDPA build causality itself and pick a fused kernel
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and length > 1)
+        else:
+            mask = attention_mask(key_valid, length, k.shape[2], causal, q.device)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(b, length, d)
+        return self.out_proj(out), weights

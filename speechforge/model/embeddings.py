@@ -1,0 +1,155 @@
+"""Speech embeddings: feature frames in, fewer d_model frames out, plus positions.
+
+Each returns ``(x (B, T', D), lengths (B,))``; T' is T reduced by ``time_reduction``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from speechforge import registry
+from speechforge.recipe import Runtime
+
+
+class PositionalEncoding(nn.Module):
+    """Fixed sinusoidal positions (Vaswani et al.), extended on demand."""
+
+    def __init__(self, d_model: int, max_len: int = 4096):
+        super().__init__()
+        self.d_model = d_model
+        self.register_buffer("pe", self._table(max_len), persistent=False)
+
+    def _table(self, length: int) -> torch.Tensor:
+        position = torch.arange(length, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, self.d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / self.d_model))
+        pe = torch.zeros(length, self.d_model)
+        pe[:, 0::2] = torch.sin(position * div)
+        pe[:, 1::2] = torch.cos(position * div)
+        return pe
+
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        end = offset + x.shape[1]
+        if end > self.pe.shape[0]:
+            self.pe = self._table(max(end, 2 * self.pe.shape[0])).to(self.pe.device)
+        return x + self.pe[offset:end].to(x.dtype)
+
+
+class Conv2dSubsampling(nn.Module):
+    """Stride-2 3x3 convolutions over (time, frequency), ESPnet's Conv2dSubsampling."""
+
+    def __init__(self, input_dim: int, d_model: int, time_reduction: int, channels: int, dropout: float):
+        super().__init__()
+        num_convs = int(math.log2(time_reduction))
+        layers: list[nn.Module] = []
+        freq = input_dim
+        in_ch = 1
+        for _ in range(num_convs):
+            layers += [nn.Conv2d(in_ch, channels, 3, stride=2), nn.ReLU()]
+            in_ch = channels
+            freq = (freq - 1) // 2
+        self.convs = nn.Sequential(*layers)
+        self.num_convs = num_convs
+        self.out = nn.Linear(in_ch * freq, d_model)
+        self.pos = PositionalEncoding(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = math.sqrt(d_model)
+
+    def reduce_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.num_convs):
+            lengths = (lengths - 1) // 2
+        return lengths
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.convs(feats.unsqueeze(1))  # (B, C, T', F')
+        b, c, t, f = x.shape
+        x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
+        return self.dropout(self.pos(x * self.scale)), self.reduce_lengths(feat_lens)
+
+
+class PyramidalLSTM(nn.Module):
+    """Bidirectional LSTMs that halve time by stacking adjacent frames (the hw4 pBLSTM)."""
+
+    def __init__(self, input_dim: int, d_model: int, time_reduction: int, dropout: float, num_layers: int = 1):
+        super().__init__()
+        self.num_halvings = int(math.log2(time_reduction))
+        hidden = d_model // 2
+        self.first = nn.LSTM(input_dim, hidden, num_layers=num_layers, batch_first=True, bidirectional=True)
+        self.pyramid = nn.ModuleList(
+            nn.LSTM(2 * d_model, hidden, batch_first=True, bidirectional=True) for _ in range(self.num_halvings)
+        )
+        self.pos = PositionalEncoding(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    @staticmethod
+    def _run(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+        out, _ = lstm(packed)
+        return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._run(self.first, feats, feat_lens)
+        lengths = feat_lens
+        for lstm in self.pyramid:
+            t = x.shape[1] // 2
+            x = x[:, : 2 * t].reshape(x.shape[0], t, 2 * x.shape[2])
+            lengths = lengths // 2
+            x = self._run(lstm, x, lengths)
+        return self.dropout(self.pos(x)), lengths
+
+
+class ConvThenLSTM(nn.Module):
+    """Conv2d subsampling for the time reduction, then a BiLSTM for local context."""
+
+    def __init__(self, input_dim: int, d_model: int, time_reduction: int, channels: int, dropout: float):
+        super().__init__()
+        self.conv = Conv2dSubsampling(input_dim, d_model, time_reduction, channels, dropout)
+        self.lstm = nn.LSTM(d_model, d_model // 2, batch_first=True, bidirectional=True)
+        self.pos = self.conv.pos
+
+    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.conv(feats, feat_lens)
+        return x + PyramidalLSTM._run(self.lstm, x, lengths), lengths
+
+
+Reduction = Literal[1, 2, 4, 8]
+
+
+@registry.embeddings.register("conv2d")
+def conv2d(
+    input_dim: Runtime[int],
+    d_model: Runtime[int],
+    dropout: Runtime[float],
+    time_reduction: Reduction = 4,
+    channels: Annotated[int, Field(gt=0)] = 256,
+) -> Conv2dSubsampling:
+    """Conv2d subsampling (stride-2 3x3 convolutions) with sinusoidal positions."""
+    return Conv2dSubsampling(input_dim, d_model, time_reduction, channels, dropout)
+
+
+@registry.embeddings.register("lstm")
+def lstm(
+    input_dim: Runtime[int],
+    d_model: Runtime[int],
+    dropout: Runtime[float],
+    time_reduction: Reduction = 4,
+    num_layers: Annotated[int, Field(ge=1)] = 1,
+) -> PyramidalLSTM:
+    """Pyramidal BiLSTM: each level halves time by stacking adjacent frames."""
+    return PyramidalLSTM(input_dim, d_model, time_reduction, dropout, num_layers)
+
+
+@registry.embeddings.register("conv2d_lstm")
+def conv2d_lstm(
+    input_dim: Runtime[int],
+    d_model: Runtime[int],
+    dropout: Runtime[float],
+    time_reduction: Reduction = 4,
+    channels: Annotated[int, Field(gt=0)] = 256,
+) -> ConvThenLSTM:
+    """Conv2d subsampling followed by a residual BiLSTM."""
+    return ConvThenLSTM(input_dim, d_model, time_reduction, channels, dropout)

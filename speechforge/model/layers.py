@@ -1,0 +1,170 @@
+"""Pre-norm Transformer layers and the stacks that hold them.
+
+Pre-norm (LayerNorm before each sub-layer, a final LayerNorm after the stack)
+trains without the learning-rate warm-up gymnastics post-norm needs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from speechforge import registry
+from speechforge.model.attention import MultiHeadAttention
+from speechforge.recipe import Runtime
+
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+Activation = Literal["relu", "gelu", "swish"]
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
+        super().__init__(
+            nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+        )
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and feed-forward, each as x + dropout(f(norm(x)))."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, activation: str = "relu"):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ff, dropout, activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.dropout(self.self_attn(h, h, h, key_valid=valid)[0])
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention, cross-attention to the encoder (absent in a language model),
+    feed-forward. ``cache`` holds this layer's past keys/values for step-by-step decoding."""
+
+    def __init__(
+        self, d_model: int, num_heads: int, d_ff: int, dropout: float, activation: str = "relu", cross: bool = True
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        if cross:
+            self.norm2 = nn.LayerNorm(d_model)
+            self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.cross = cross
+        self.norm3 = nn.LayerNorm(d_model)
+        self.ffn = FeedForward(d_model, d_ff, dropout, activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, U, D)
+        memory_kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # cross-attention keys/values
+        memory_valid: torch.Tensor | None = None,  # (B, S)
+        cache: dict[str, torch.Tensor] | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        h = self.norm1(x)
+        k, v = self.self_attn.project_kv(h, h)
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        sa, self_weights = self.self_attn(h, kv=(k, v), causal=True, need_weights=need_weights)
+        x = x + self.dropout(sa)
+        cross_weights = None
+        if self.cross:
+            ca, cross_weights = self.cross_attn(
+                self.norm2(x), kv=memory_kv, key_valid=memory_valid, need_weights=need_weights
+            )
+            x = x + self.dropout(ca)
+        x = x + self.dropout(self.ffn(self.norm3(x)))
+        return x, {"self": self_weights, "cross": cross_weights}
+
+
+class Stack(nn.Module):
+    """N layers and a final LayerNorm. ``num_active`` lets progressive training grow the
+    stack; ``layer_drop`` skips whole layers at random while training (LayerDrop)."""
+
+    def __init__(self, layers: list[nn.Module], d_model: int, layer_drop: float = 0.0):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(d_model)
+        self.layer_drop = layer_drop
+        self.num_active = len(layers)
+
+    def active(self) -> list[tuple[int, nn.Module]]:
+        chosen = []
+        for i, layer in enumerate(self.layers[: self.num_active]):
+            if self.training and self.layer_drop > 0 and torch.rand(()) < self.layer_drop:
+                continue
+            chosen.append((i, layer))
+        return chosen
+
+
+class EncoderStack(Stack):
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        for _, layer in self.active():
+            x = layer(x, valid)
+        return self.norm(x)
+
+
+class DecoderStack(Stack):
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        memory_valid: torch.Tensor | None = None,
+        caches: list[dict[str, torch.Tensor]] | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        weights = []
+        for i, layer in self.active():
+            x, w = layer(
+                x,
+                memory_kv=None if memory_kv is None else memory_kv[i],
+                memory_valid=memory_valid,
+                cache=None if caches is None else caches[i],
+                need_weights=need_weights,
+            )
+            weights.append(w)
+        return self.norm(x), weights
+
+
+@registry.encoder_layers.register("prenorm")
+def prenorm_encoder(
+    d_model: Runtime[int],
+    num_layers: Annotated[int, Field(ge=1)] = 12,
+    num_heads: Annotated[int, Field(ge=1)] = 4,
+    d_ff: Annotated[int, Field(ge=1)] = 1024,
+    dropout: Probability = 0.1,
+    layer_drop: Probability = 0.0,
+    activation: Activation = "relu",
+) -> EncoderStack:
+    """Pre-norm self-attention encoder layers with a final LayerNorm."""
+    layers = [EncoderLayer(d_model, num_heads, d_ff, dropout, activation) for _ in range(num_layers)]
+    return EncoderStack(layers, d_model, layer_drop)
+
+
+@registry.decoder_layers.register("prenorm")
+def prenorm_decoder(
+    d_model: Runtime[int],
+    cross: Runtime[bool] = True,
+    num_layers: Annotated[int, Field(ge=1)] = 6,
+    num_heads: Annotated[int, Field(ge=1)] = 4,
+    d_ff: Annotated[int, Field(ge=1)] = 1024,
+    dropout: Probability = 0.1,
+    layer_drop: Probability = 0.0,
+    activation: Activation = "relu",
+) -> DecoderStack:
+    """Pre-norm decoder layers: causal self-attention, cross-attention, feed-forward."""
+    layers = [DecoderLayer(d_model, num_heads, d_ff, dropout, activation, cross) for _ in range(num_layers)]
+    return DecoderStack(layers, d_model, layer_drop)

@@ -1,0 +1,181 @@
+"""The ASR model: speech embedding -> pre-norm encoder (+ CTC head) -> pre-norm decoder."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from speechforge import registry
+from speechforge.model.attention import padding_mask
+from speechforge.model.embeddings import PositionalEncoding
+from speechforge.recipe import Runtime, Spec, Sub
+
+
+@dataclass
+class DecoderState:
+    """What step-by-step decoding carries: per-layer self-attention caches, the
+    cross-attention keys/values computed once per utterance, and the position."""
+
+    caches: list[dict[str, torch.Tensor]]
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    memory_valid: torch.Tensor  # (B, S)
+    offset: int = 0
+
+    def select(self, index: torch.Tensor) -> "DecoderState":
+        """Reorder or repeat along the batch (beam search keeps the surviving hypotheses)."""
+        return DecoderState(
+            caches=[{k: v.index_select(0, index) for k, v in c.items()} for c in self.caches],
+            memory_kv=[(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv],
+            memory_valid=self.memory_valid.index_select(0, index),
+            offset=self.offset,
+        )
+
+
+class TokenDecoder(nn.Module):
+    """Token embedding, positions, a decoder stack and the output projection. Shared by
+    the ASR model (with cross-attention) and the language model (without); the shared
+    parameter names are what lets a trained LM initialise an ASR decoder."""
+
+    def __init__(self, stack: nn.Module, vocab_size: int, d_model: int, dropout: float, tie_embeddings: bool):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model)
+        # std d^-1/2: the input side multiplies by sqrt(d) and a tied output stays near unit scale
+        nn.init.normal_(self.embed.weight, std=d_model**-0.5)
+        self.pos = PositionalEncoding(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.stack = stack
+        self.out = nn.Linear(d_model, vocab_size)
+        if tie_embeddings:
+            self.out.weight = self.embed.weight
+        self.scale = math.sqrt(d_model)
+
+    def embed_tokens(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return self.dropout(self.pos(self.embed(tokens) * self.scale, offset))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, U)
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        memory_valid: torch.Tensor | None = None,
+        caches: list[dict[str, torch.Tensor]] | None = None,
+        offset: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        x = self.embed_tokens(tokens, offset)
+        x, weights = self.stack(x, memory_kv, memory_valid, caches, need_weights)
+        return self.out(x), weights  # (B, U, V)
+
+
+class TransformerCTC(nn.Module):
+    def __init__(
+        self,
+        embedding: nn.Module,
+        encoder: nn.Module,
+        decoder_stack: nn.Module,
+        vocab_size: int,
+        d_model: int,
+        dropout: float,
+        tie_embeddings: bool,
+        ctc: bool,
+    ):
+        super().__init__()
+        self.embedding = embedding
+        self.encoder = encoder
+        self.decoder = TokenDecoder(decoder_stack, vocab_size, d_model, dropout, tie_embeddings)
+        self.ctc_head = nn.Linear(d_model, vocab_size) if ctc else None
+        self.vocab_size = vocab_size
+
+    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, F) features -> (B, T', D) encoder output and (B,) lengths."""
+        x, lens = self.embedding(feats, feat_lens)
+        lens = lens.clamp(min=1, max=x.shape[1])
+        valid = padding_mask(lens, x.shape[1])
+        # all-full batches skip the mask so attention stays on the fused kernel
+        return self.encoder(x, None if bool(valid.all()) else valid), lens
+
+    def ctc_log_probs(self, enc_out: torch.Tensor) -> torch.Tensor:
+        if self.ctc_head is None:
+            raise RuntimeError("this model has no CTC head (model.ctc = false)")
+        return self.ctc_head(enc_out).float().log_softmax(-1)  # (B, T', V)
+
+    def memory(self, enc_out: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        stack = self.decoder.stack
+        return [layer.cross_attn.project_kv(enc_out, enc_out) for layer in stack.layers[: stack.num_active]]
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        feat_lens: torch.Tensor,
+        tokens_in: torch.Tensor,
+        need_weights: bool = False,
+    ) -> dict[str, Any]:
+        enc_out, enc_lens = self.encode(feats, feat_lens)
+        valid = padding_mask(enc_lens, enc_out.shape[1])
+        logits, weights = self.decoder(tokens_in, self.memory(enc_out), valid, need_weights=need_weights)
+        out = {"logits": logits, "enc_out": enc_out, "enc_lens": enc_lens, "attention": weights}
+        if self.ctc_head is not None:
+            out["ctc_log_probs"] = self.ctc_log_probs(enc_out)
+        return out
+
+    def init_state(self, enc_out: torch.Tensor, enc_lens: torch.Tensor) -> DecoderState:
+        stack = self.decoder.stack
+        return DecoderState(
+            caches=[{} for _ in range(stack.num_active)],
+            memory_kv=self.memory(enc_out),
+            memory_valid=padding_mask(enc_lens, enc_out.shape[1]),
+        )
+
+    def step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Feed the newest token (B,) (or a (B, U) prefix on the first call); return the
+        next-token logits (B, V). Only the new positions are computed."""
+        if tokens.dim() == 1:
+            tokens = tokens[:, None]
+        logits, _ = self.decoder(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset)
+        state.offset += tokens.shape[1]
+        return logits[:, -1]
+
+    def step_uncached(self, prefix: torch.Tensor, enc_out: torch.Tensor, enc_lens: torch.Tensor) -> torch.Tensor:
+        """Next-token logits recomputing the whole prefix (the reference the cache must match)."""
+        valid = padding_mask(enc_lens, enc_out.shape[1])
+        logits, _ = self.decoder(prefix, self.memory(enc_out), valid)
+        return logits[:, -1]
+
+
+@registry.models.register("transformer_ctc")
+def transformer_ctc(
+    vocab_size: Runtime[int],
+    input_dim: Runtime[int],
+    embedding: Annotated[Spec, Sub("embeddings")] = {"name": "conv2d"},
+    encoder: Annotated[Spec, Sub("encoder_layers")] = {"name": "prenorm"},
+    decoder: Annotated[Spec, Sub("decoder_layers")] = {"name": "prenorm"},
+    d_model: Annotated[int, Field(ge=8)] = 256,
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1,
+    tie_embeddings: bool = True,
+    ctc: bool = True,
+) -> TransformerCTC:
+    """Pre-norm Transformer encoder-decoder with a CTC head on the encoder."""
+    return TransformerCTC(
+        embedding.build(input_dim=input_dim, d_model=d_model, dropout=dropout),
+        encoder.build(d_model=d_model),
+        decoder.build(d_model=d_model, cross=True),
+        vocab_size,
+        d_model,
+        dropout,
+        tie_embeddings,
+        ctc,
+    )
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total

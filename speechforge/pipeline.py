@@ -1,0 +1,111 @@
+"""What the commands do: train-evaluate-decode a recipe; decode a trained run."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from speechforge import experiment, recipe as recipe_mod
+from speechforge.decode.outputs import decode_batches, decode_tag, write_outputs
+from speechforge.model.transformer import count_parameters
+from speechforge.recipe import Recipe, RecipeError
+
+Log = Callable[[str], None]
+
+# sections whose change makes a checkpoint meaningless for a recipe
+_MUST_MATCH = ("tokenizer", "model")
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{path}.{key}")
+        elif a != b:
+            diffs.append(f"{path}: {a!r} in the run, {b!r} now")
+
+    for section in _MUST_MATCH:
+        walk(old.get(section, {}), new.get(section, {}), section)
+    return diffs
+
+
+def check_resumable(run_dir: Path, recipe: Recipe) -> bool:
+    """True when run_dir holds a run to resume; refuse one whose recipe differs where it matters."""
+    saved = run_dir / "recipe.toml"
+    if not saved.exists():
+        return False
+    old = recipe_mod.read_toml(saved)
+    diffs = recipe_differences(old, recipe.to_dict())
+    if diffs:
+        raise RecipeError([("run_dir", f"{run_dir} holds a run made with a different recipe; "
+                                       f"use another --run-dir or the same recipe. Differences: " + "; ".join(diffs))])
+    return True
+
+
+def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) -> dict[str, Any]:
+    """Train, validate each epoch, then decode dev and test with the recipe's decoder."""
+    experiment.check_run_dir_writable(run_dir)
+    resuming = check_resumable(run_dir, recipe)
+    start = time.time()
+    exp = experiment.build(recipe, run_dir, log)
+    for note in exp.notes:
+        log(note)
+    exp.save_assets()
+    stats = experiment.dataset_stats(exp)
+    (run_dir / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+    for role, s in stats.items():
+        log(f"data.{role}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+    log(f"model: {count_parameters(exp.model):,} parameters, vocabulary {exp.tokenizer.vocab_size}"
+        + (" (resuming)" if resuming else ""))
+
+    torch.manual_seed(recipe.seed)
+    trainer = recipe.trainer.build()
+    loss_fn = recipe.loss.build()
+    optimizer = recipe.optimizer.build(model=exp.model)
+    steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"], trainer.cfg["max_steps"])
+    schedule = recipe.scheduler.build(total_steps=steps).attach(optimizer)
+    summary = trainer.fit(exp, loss_fn, optimizer, schedule, log=log, progress=progress)
+
+    exp.model.load_state_dict(experiment.load_weights(run_dir, "best"))
+    results = decode_splits(exp.model, exp, recipe, run_dir, log)
+    summary.update({"decode": results, "seconds": round(time.time() - start, 1), "run_dir": str(run_dir)})
+    summary.pop("history", None)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("dev", "test")) -> dict[str, Any]:
+    decoder = recipe.decode.build()
+    tag = decode_tag(recipe.decode.name, recipe.decode.args)
+    folder = run_dir / "decode" / tag
+    device = next(model.parameters()).device
+    results = {}
+    for role in splits:
+        if not exp.corpus.has(role):
+            continue
+        loader, _ = exp.loader(role)
+        t0 = time.time()
+        records = decode_batches(model, loader, decoder, exp.tokenizer, device)
+        res = write_outputs(records, folder, role)
+        res["seconds"] = round(time.time() - t0, 2)
+        results[role] = res
+        rates = f"CER {res['cer']:.4f} WER {res['wer']:.4f}" if "cer" in res else "no references"
+        log(f"decode {tag} {role}: {res['utterances']} utterances, {rates}")
+    (folder / "metrics.json").write_text(json.dumps({"decoder": recipe.decode.to_dict(), **results}, indent=2))
+    results["folder"] = str(folder)
+    return results
+
+
+def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=("dev", "test")) -> dict[str, Any]:
+    """Decode with a trained run and any decoder the recipe or --set names; no training."""
+    trained = experiment.open_run(run_dir, overrides, need_data=True)
+    exp = experiment.Experiment(
+        trained.recipe, run_dir, trained.recipe.data.build(), trained.normalizer, trained.tokenizer, trained.model
+    )
+    return decode_splits(trained.model, exp, trained.recipe, run_dir, log, splits)

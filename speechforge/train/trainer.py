@@ -1,0 +1,284 @@
+"""The training loop, on Hugging Face Accelerate.
+
+The canonical Accelerate shape: build, ``prepare`` once, ``accumulate`` around the
+step, ``backward``, ``clip_grad_norm_``. Accelerate owns devices, mixed precision,
+gradient accumulation and multi-process runs; this file owns what an ASR run needs
+around it: validation by error rate, checkpoints that resume at the exact batch,
+skipping non-finite updates, and stopping cleanly on a signal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import torch
+from pydantic import Field
+
+from speechforge import registry
+from speechforge.decode.greedy import greedy_search
+from speechforge.decode.outputs import decode_batches, score
+from speechforge.train import checkpoint
+
+Log = Callable[[str], None]
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+class TrainingInterrupted(Exception):
+    pass
+
+
+class AccelerateTrainer:
+    def __init__(self, **cfg: Any):
+        self.cfg = cfg
+        self._stop_signal: int | None = None
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:
+        # finish the current step, checkpoint, then leave (handled in the loop)
+        self._stop_signal = signum
+
+    def _state(self, acc, model, optimizer, schedule, epoch: int, batch_in_epoch: int, step: int,
+               best: float, recipe_text: str, counters: dict) -> dict[str, Any]:
+        state = {
+            "model": acc.unwrap_model(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "rng": checkpoint.rng_state(),
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "step": step,
+            "best_cer": best,
+            "recipe": recipe_text,
+            "counters": counters,
+        }
+        if acc.scaler is not None:
+            state["scaler"] = acc.scaler.state_dict()
+        return state
+
+    # -- the loop ----------------------------------------------------------------
+
+    def fit(self, exp, loss_fn, optimizer, schedule, log: Log = print, progress: bool = True) -> dict[str, Any]:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        run_dir: Path = exp.run_dir
+        ckpt_dir = run_dir / "checkpoints"
+        seed = exp.recipe.seed
+        if cfg["deterministic"]:
+            torch.use_deterministic_algorithms(True)
+        set_seed(seed)
+        acc = Accelerator(
+            mixed_precision=cfg["mixed_precision"],
+            gradient_accumulation_steps=cfg["grad_accum_steps"],
+            cpu=cfg["cpu"],
+        )
+        model = exp.model
+        train_loader, sampler = exp.loader("train", train=True, seed=seed)
+        dev_loader = exp.loader("dev")[0] if exp.corpus.has("dev") else None
+        model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
+        if cfg["compile"]:
+            model = torch.compile(model, dynamic=True)
+        recipe_text = (run_dir / "recipe.toml").read_text()
+
+        epoch, start_batch, step, best = 0, 0, 0, math.inf
+        counters = {"nonfinite_skips": 0}
+        last = checkpoint.latest(ckpt_dir)
+        if last is not None:
+            state = checkpoint.load(last)
+            acc.unwrap_model(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            if "scaler" in state and acc.scaler is not None:
+                acc.scaler.load_state_dict(state["scaler"])
+            checkpoint.set_rng_state(state["rng"])
+            epoch, start_batch, step, best = state["epoch"], state["batch_in_epoch"], state["step"], state["best_cer"]
+            counters = dict(state.get("counters", counters))
+            log(f"resumed from {last} (epoch {epoch + 1}, batch {start_batch}, step {step})")
+
+        epochs, max_steps = cfg["epochs"], cfg["max_steps"]
+        metrics_path = run_dir / "metrics.jsonl"
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        consecutive_bad = 0
+        history: list[dict[str, Any]] = []
+
+        def write_metrics(record: dict[str, Any]) -> None:
+            if acc.is_main_process:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+
+        def save(epoch_: int, batch_: int) -> None:
+            if acc.is_main_process:
+                state = self._state(acc, model, optimizer, schedule, epoch_, batch_, step, best, recipe_text, counters)
+                checkpoint.save_atomic(state, ckpt_dir / f"ckpt-{step:08d}.pt")
+                checkpoint.prune(ckpt_dir, cfg["keep_last"])
+            acc.wait_for_everyone()
+
+        try:
+            while epoch < epochs and (max_steps is None or step < max_steps):
+                sampler.set_epoch(epoch, start_batch)
+                model.train()
+                t0, frames, losses_sum, n_batches = time.time(), 0, 0.0, 0
+                bar = _progress(len(sampler), f"epoch {epoch + 1}/{epochs}", progress and acc.is_main_process)
+                batch_index = start_batch
+                for batch in train_loader:
+                    batch_index += 1
+                    with acc.accumulate(model):
+                        feats = batch.feats
+                        for aug in exp.augment:
+                            feats = aug(feats, batch.feat_lens)
+                        out = model(feats, batch.feat_lens, batch.tokens_in)
+                        parts = loss_fn(out, batch.tokens_out, batch.token_lens)
+                        loss = parts["loss"]
+                        finite = bool(torch.isfinite(loss))
+                        if finite:
+                            acc.backward(loss)
+                        grad_norm = float("nan")
+                        if acc.sync_gradients:
+                            params = [p for p in model.parameters() if p.requires_grad]
+                            if finite:
+                                clip = cfg["grad_clip"] if cfg["grad_clip"] else float("inf")
+                                grad_norm = float(acc.clip_grad_norm_(params, clip))
+                            if finite and math.isfinite(grad_norm):
+                                optimizer.step()
+                                consecutive_bad = 0
+                            else:
+                                counters["nonfinite_skips"] += 1
+                                consecutive_bad += 1
+                                log(f"step {step + 1}: non-finite {'loss' if not finite else 'gradient'}; "
+                                    f"update skipped ({counters['nonfinite_skips']} so far)")
+                                if consecutive_bad >= cfg["max_nonfinite"]:
+                                    raise NonFiniteError(
+                                        f"{consecutive_bad} consecutive non-finite updates: stopping. Usual causes: "
+                                        "a learning rate too high (lower optimizer.lr or lengthen warm-up), "
+                                        "fp16 overflow (try trainer.mixed_precision = \"bf16\" or \"no\"), "
+                                        "or bad features (NaN/inf or unnormalized values in the data)."
+                                    )
+                            optimizer.zero_grad(set_to_none=True)
+                    frames += int(batch.feat_lens.sum())
+                    if finite:
+                        losses_sum += float(loss.detach())
+                        n_batches += 1
+                    if not acc.sync_gradients:
+                        continue
+                    step += 1
+                    schedule.step()
+                    lr = optimizer.param_groups[0]["lr"]
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
+                    if step % cfg["log_every_steps"] == 0:
+                        rec = {"step": step, "epoch": epoch + 1, "loss": round(float(loss.detach()), 5), "lr": lr,
+                               "grad_norm": round(grad_norm, 4) if math.isfinite(grad_norm) else None,
+                               "frames_per_s": round(frames / max(time.time() - t0, 1e-9), 1)}
+                        rec.update({k: round(float(v), 5) for k, v in parts.items() if k != "loss"})
+                        write_metrics(rec)
+                        if bar is None and acc.is_main_process:
+                            log(" ".join(f"{k}={v}" for k, v in rec.items()))
+                    every = cfg["checkpoint_every_steps"]
+                    if every and step % every == 0:
+                        save(epoch, batch_index)
+                    if self._stop_signal is not None:
+                        save(epoch, batch_index)
+                        raise TrainingInterrupted(signal.Signals(self._stop_signal).name)
+                    if max_steps is not None and step >= max_steps:
+                        break
+                if bar is not None:
+                    bar.close()
+                epoch_done = max_steps is None or step < max_steps or batch_index >= len(sampler.batches())
+                elapsed = time.time() - t0
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1, "step": step, "train_loss": round(losses_sum / max(n_batches, 1), 5),
+                    "frames_per_s": round(frames / max(elapsed, 1e-9), 1), "seconds": round(elapsed, 2),
+                }
+                if dev_loader is not None and ((epoch + 1) % cfg["validate_every_epochs"] == 0 or epoch + 1 == epochs):
+                    record.update(self.validate(acc.unwrap_model(model), dev_loader, loss_fn, exp, acc.device, log))
+                    schedule.on_validation(record["dev_cer"])
+                    if record["dev_cer"] < best and acc.is_main_process:
+                        best = record["dev_cer"]
+                        checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step,
+                                                "dev_cer": best}, run_dir / "best.pt")
+                write_metrics(record)
+                history.append(record)
+                if acc.is_main_process:
+                    log(_epoch_line(record))
+                if epoch_done:
+                    epoch, start_batch = epoch + 1, 0
+                else:
+                    start_batch = batch_index
+                save(epoch, start_batch)
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if not (run_dir / "best.pt").exists() and acc.is_main_process:
+            checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step}, run_dir / "best.pt")
+        return {"step": step, "epochs": epoch, "best_dev_cer": None if math.isinf(best) else best,
+                "nonfinite_skips": counters["nonfinite_skips"], "history": history}
+
+    @torch.no_grad()
+    def validate(self, model, loader, loss_fn, exp, device, log: Log) -> dict[str, float]:
+        model.eval()
+        total, n = 0.0, 0
+        for batch in loader:
+            b = batch.to(device)
+            out = model(b.feats, b.feat_lens, b.tokens_in)
+            total += float(loss_fn(out, b.tokens_out, b.token_lens)["loss"]) * len(b.ids)
+            n += len(b.ids)
+        records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l), exp.tokenizer, device)
+        rates = score(records) or {"cer": math.nan, "wer": math.nan}
+        samples = records[: self.cfg["sample_transcripts"]]
+        lines = [f"  {r['id']}\n    REF: {r['ref']}\n    HYP: {r['hyp']}" for r in samples]
+        if lines:
+            log("sample transcripts (dev):\n" + "\n".join(lines))
+            with open(exp.run_dir / "samples.txt", "a") as f:
+                f.write("\n".join(lines) + "\n\n")
+        model.train()
+        return {"dev_loss": round(total / max(n, 1), 5), "dev_cer": rates["cer"], "dev_wer": rates["wer"]}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    parts = [f"epoch {r['epoch']}", f"step {r['step']}", f"train_loss {r['train_loss']:.4f}"]
+    if "dev_cer" in r:
+        parts += [f"dev_loss {r['dev_loss']:.4f}", f"dev_cer {r['dev_cer']:.4f}", f"dev_wer {r['dev_wer']:.4f}"]
+    parts += [f"{r['frames_per_s']:.0f} frames/s", f"{r['seconds']:.1f}s"]
+    return " | ".join(parts)
+
+
+@registry.trainers.register("accelerate")
+def accelerate(
+    epochs: Annotated[int, Field(ge=1)] = 50,
+    max_steps: Annotated[int, Field(ge=1)] | None = None,
+    grad_accum_steps: Annotated[int, Field(ge=1)] = 1,
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = 5.0,
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no",
+    cpu: bool = False,
+    compile: bool = False,
+    deterministic: bool = False,
+    log_every_steps: Annotated[int, Field(ge=1)] = 10,
+    checkpoint_every_steps: Annotated[int, Field(ge=1)] | None = None,
+    keep_last: Annotated[int, Field(ge=1)] = 3,
+    validate_every_epochs: Annotated[int, Field(ge=1)] = 1,
+    max_nonfinite: Annotated[int, Field(ge=1)] = 10,
+    sample_transcripts: Annotated[int, Field(ge=0)] = 3,
+) -> AccelerateTrainer:
+    """Hugging Face Accelerate loop: mixed precision, accumulation, checkpoints, resume."""
+    return AccelerateTrainer(**{k: v for k, v in locals().items()})
+
