@@ -181,6 +181,8 @@ def _reason(err: dict[str, Any], allowed: list[str]) -> str:
         return f"unknown key{hint}"
     if kind == "missing":
         return "required key is missing"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
     for prefix, expected in _EXPECT.items():
         if kind.startswith(prefix) and expected:
             return f"expected {expected}, got {_show(err['input'])}"

@@ -184,7 +184,8 @@ def fbank(
     opts.mel_opts.num_bins = num_mel_bins
     computer = knf.OnlineFbank(opts)
     samples = np.asarray(waveform, dtype=np.float32).reshape(-1) * INT16_SCALE
-    computer.accept_waveform(sample_rate, samples)
+    # A list converts into the C++ vector faster than a numpy array does.
+    computer.accept_waveform(sample_rate, samples.tolist())
     computer.input_finished()
     n = computer.num_frames_ready
     if n == 0:

@@ -181,7 +181,7 @@ class AccelerateTrainer:
                         rec = {"step": step, "epoch": epoch + 1, "loss": round(float(loss.detach()), 5), "lr": lr,
                                "grad_norm": round(grad_norm, 4) if math.isfinite(grad_norm) else None,
                                "frames_per_s": round(frames / max(time.time() - t0, 1e-9), 1)}
-                        rec.update({k: round(float(v), 5) for k, v in parts.items() if k != "loss"})
+                        rec.update({k: round(float(v.detach()), 5) for k, v in parts.items() if k != "loss"})
                         write_metrics(rec)
                         if bar is None and acc.is_main_process:
                             log(" ".join(f"{k}={v}" for k, v in rec.items()))

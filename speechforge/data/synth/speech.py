@@ -177,11 +177,12 @@ def synthesize(text: str, voice: Voice, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     """Noise with power falling as 1/f: white noise shaped in the frequency domain."""
-    spectrum = rng.standard_normal(n // 2 + 1) + 1j * rng.standard_normal(n // 2 + 1)
-    freqs = np.arange(n // 2 + 1, dtype=np.float64)
+    size = 1 << max(n - 1, 1).bit_length()  # an FFT of a prime length is slow; cut to n after
+    spectrum = rng.standard_normal(size // 2 + 1) + 1j * rng.standard_normal(size // 2 + 1)
+    freqs = np.arange(size // 2 + 1, dtype=np.float64)
     spectrum[1:] /= np.sqrt(freqs[1:])
     spectrum[0] = 0.0  # no DC offset
-    noise = np.fft.irfft(spectrum, n)
+    noise = np.fft.irfft(spectrum, size)[:n]
     return noise / (noise.std() + 1e-12)
 
 

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real HW4P2 sample beside the checkout, and tiny recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+HW4P2 = SHARED / "hw4_data_subset" / "hw4p2_data"
+HW4P1 = SHARED / "hw4_data_subset" / "hw4p1_data"
+FSDD = SHARED / "fsdd" / "recordings"
+
+
+@pytest.fixture
+def hw4p2_root() -> Path:
+    if not HW4P2.is_dir():
+        pytest.skip(f"the shared HW4P2 sample is absent (expected {HW4P2})")
+    return HW4P2
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path, hw4p2_root: Path) -> Path:
+    """The character recipe, shrunk to a model that trains in seconds."""
+    text = (REPO / "recipes" / "char_tiny.toml").read_text().replace(
+        'root = "../shared/data/hw4_data_subset/hw4p2_data"', f'root = "{hw4p2_root}"'
+    )
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return path
