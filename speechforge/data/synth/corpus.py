@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,10 @@ FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "a
                    "belinda", "linda", "steph", "grandma")
 # Share of each gender's variants held out for dev and for test.
 HELD_OUT_SHARE = 0.12
+# Every utterance lasts this long: long enough to be a sentence, short enough
+# that a batch of them pads little.
+MIN_SECONDS, MAX_SECONDS = 1.5, 5.0
+MAX_RATE = 260  # words a minute; faster than this espeak slurs
 
 
 @dataclass(frozen=True)
@@ -164,10 +169,37 @@ def plan_corpus(n_train: int, n_dev: int, n_test: int, seed: int = 0) -> list[Ut
 # ---------------------------------------------------------------- making
 
 
+def fit_duration(utt: Utterance) -> tuple[np.ndarray, Voice, Channel]:
+    """Clean speech, and the settings that bring it to MIN_SECONDS..MAX_SECONDS.
+
+    Too long: say it faster (espeak's duration is close to inversely
+    proportional to its rate), then trim the padding. Too short: pad with
+    more silence. Both depend only on the plan entry, so stay deterministic.
+    """
+    voice, channel = utt.voice, utt.channel
+    speech = synthesize(utt.text, voice)
+    seconds = len(speech) / SAMPLE_RATE
+    pads = channel.lead_s + channel.trail_s
+    if seconds + pads > MAX_SECONDS:
+        rate = min(MAX_RATE, math.ceil(1.05 * voice.rate * seconds / (MAX_SECONDS - pads)))
+        voice = replace(voice, rate=rate, word_gap=0)
+        speech = synthesize(utt.text, voice)
+        seconds = len(speech) / SAMPLE_RATE
+        if seconds + pads > MAX_SECONDS:
+            pad = max(0.02, (MAX_SECONDS - seconds) / 2)
+            channel = replace(channel, lead_s=round(min(pad, channel.lead_s), 3),
+                              trail_s=round(min(pad, channel.trail_s), 3))
+    elif seconds + pads < MIN_SECONDS:
+        extra = (MIN_SECONDS - seconds - pads) / 2 + 0.001  # + 1 ms: samples are whole
+        channel = replace(channel, lead_s=round(channel.lead_s + extra, 4),
+                          trail_s=round(channel.trail_s + extra, 4))
+    return speech, voice, channel
+
+
 def make_utterance(utt: Utterance, out: Path, save_wav: bool) -> dict:
     """Synthesize, add the channel, write features and transcript; return its record."""
-    speech = synthesize(utt.text, utt.voice)
-    wav = apply_channel(speech, utt.channel, np.random.default_rng(utt.noise_seed))
+    speech, voice, channel = fit_duration(utt)
+    wav = apply_channel(speech, channel, np.random.default_rng(utt.noise_seed))
     feats = fbank(wav, SAMPLE_RATE)  # (80, T)
     split_dir = out / utt.split
     np.save(split_dir / "fbank" / f"{utt.utt_id}.npy", feats)
@@ -178,11 +210,11 @@ def make_utterance(utt: Utterance, out: Path, save_wav: bool) -> dict:
         "id": utt.utt_id,
         "split": utt.split,
         "text": utt.text,
-        "speaker": utt.voice.speaker,
+        "speaker": voice.speaker,
         "seconds": round(len(wav) / SAMPLE_RATE, 3),
         "frames": int(feats.shape[1]),
-        "voice": asdict(utt.voice),
-        "channel": asdict(utt.channel),
+        "voice": asdict(voice),  # as spoken, after fit_duration
+        "channel": asdict(channel),
     }
 
 
