@@ -244,6 +244,12 @@ def build_corpus(
     ``workers``: processes to use; None means one per CPU core, or 1 for a
     corpus too small to repay starting them (under 64 utterances). Each
     worker loads espeak-ng itself. ``out`` must not hold a corpus already.
+
+    Cost: about 20 ms of one core per utterance (espeak ~6, resampling ~4,
+    fbank ~4, noise and writing the rest). The default 1500/100/100 corpus
+    (1.19 hours of audio, 142 MB of features) took 34-37 s with 2 workers on
+    the 2-core development machine while it was shared (load ~4), i.e. about
+    45-50 utterances a second, 115-125 times faster than real time.
     """
     out = Path(out)
     for split in SPLITS:
