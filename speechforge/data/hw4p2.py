@@ -61,7 +61,7 @@ class FeatureCorpus:
                 self.on_bad_file,
                 require_text=(role == "train"),
                 visit=visit,
-                limit=self.max_utterances if role == "train" else None,
+                limit=self.max_utterances,
             )
         return self._cache[role]
 

@@ -1,0 +1,72 @@
+"""The ASR model: shapes, padding invariance, and each speech embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from speechforge.model.transformer import count_parameters
+from speechforge.recipe import validate_component
+
+
+def build(embedding: str = "conv2d", **over):
+    section = {
+        "name": "transformer_ctc", "d_model": 32, "dropout": 0.0,
+        "embedding": {"name": embedding, "time_reduction": 4},
+        "encoder": {"num_layers": 2, "num_heads": 4, "d_ff": 64, "dropout": 0.0},
+        "decoder": {"num_layers": 2, "num_heads": 4, "d_ff": 64, "dropout": 0.0},
+        **over,
+    }
+    if embedding != "lstm":
+        section["embedding"]["channels"] = 8
+    torch.manual_seed(0)
+    return validate_component("models", section, "model").build(vocab_size=11, input_dim=20).eval()
+
+
+@pytest.mark.parametrize("embedding", ["conv2d", "lstm", "conv2d_lstm"])
+def test_time_is_reduced_and_shapes_line_up(embedding):
+    model = build(embedding)
+    feats, lens = torch.randn(3, 101, 20), torch.tensor([101, 80, 33])
+    tokens = torch.randint(5, 11, (3, 7))
+    out = model(feats, lens, tokens)
+    assert out["logits"].shape == (3, 7, 11)
+    assert out["ctc_log_probs"].shape[:2] == out["enc_out"].shape[:2]
+    assert out["enc_out"].shape[1] in (24, 25)  # 101 frames / 4
+    assert (out["enc_lens"] <= out["enc_out"].shape[1]).all()
+    torch.testing.assert_close(out["ctc_log_probs"].exp().sum(-1), torch.ones(out["ctc_log_probs"].shape[:2]))
+
+
+@pytest.mark.parametrize("embedding", ["conv2d", "lstm", "conv2d_lstm"])
+def test_padding_does_not_change_an_utterance(embedding):
+    model = build(embedding)
+    torch.manual_seed(1)
+    short = torch.randn(1, 45, 20)
+    tokens = torch.randint(5, 11, (1, 6))
+    alone = model(short, torch.tensor([45]), tokens)
+    batch = torch.cat([short, torch.zeros(1, 55, 20)], 1)
+    padded = model(torch.cat([batch, torch.randn(1, 100, 20)]), torch.tensor([45, 100]), torch.cat([tokens, tokens]))
+    n = int(alone["enc_lens"][0])
+    torch.testing.assert_close(padded["enc_out"][0, :n], alone["enc_out"][0, :n], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(padded["logits"][0], alone["logits"][0], atol=1e-5, rtol=1e-4)
+
+
+def test_decoder_is_causal():
+    model = build()
+    feats, lens = torch.randn(1, 60, 20), torch.tensor([60])
+    a = torch.tensor([[2, 5, 6, 7, 8]])
+    b = torch.tensor([[2, 5, 6, 9, 10]])
+    la, lb = model(feats, lens, a)["logits"], model(feats, lens, b)["logits"]
+    torch.testing.assert_close(la[:, :3], lb[:, :3])
+    assert not torch.allclose(la[:, 3:], lb[:, 3:])
+
+
+def test_tied_embeddings_share_one_matrix():
+    tied, untied = build(tie_embeddings=True), build(tie_embeddings=False)
+    assert tied.decoder.out.weight is tied.decoder.embed.weight
+    assert count_parameters(untied) - count_parameters(tied) == 11 * 32
+
+
+def test_without_ctc_head_there_are_no_ctc_outputs():
+    model = build(ctc=False)
+    out = model(torch.randn(1, 40, 20), torch.tensor([40]), torch.tensor([[2, 5]]))
+    assert "ctc_log_probs" not in out and model.ctc_head is None

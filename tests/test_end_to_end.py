@@ -1,0 +1,66 @@
+"""Whole runs through the command line: train, evaluate, decode, reuse the run."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+
+from speechforge import registry
+from speechforge.cli import main
+
+
+
+def run_cli(*args: str) -> int:
+    return main(["--quiet", *args])
+
+
+def test_run_writes_checkpoints_metrics_hypotheses_and_submission(tiny_recipe, tmp_path, hw4p2_root, capsys):
+    run_dir = tmp_path / "run"
+    code = run_cli("run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", "trainer.max_steps=3",
+                   "--set", "trainer.epochs=1")
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "dev: CER" in out and f"run directory: {run_dir}" in out
+    for name in ("recipe.toml", "tokenizer/tokenizer.json", "normalization.json", "best.pt", "metrics.jsonl",
+                 "dataset_stats.json", "summary.json"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "checkpoints").glob("ckpt-*.pt"))
+    (folder,) = (run_dir / "decode").iterdir()
+    rows = list(csv.reader(open(folder / "submission.csv")))
+    test_ids = sorted(p.stem for p in (hw4p2_root / "test-clean" / "fbank").glob("*.npy"))
+    assert rows[0] == ["id", "transcription"] and [r[0] for r in rows[1:]] == test_ids
+    dev = [json.loads(line) for line in open(folder / "dev.hyps.jsonl")]
+    assert len(dev) == 2 and all(r["ref"] and "nbest" in r for r in dev)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics["dev"]) >= {"cer", "wer", "utterances"}
+    stats = json.loads((run_dir / "dataset_stats.json").read_text())
+    assert stats["train"]["utterances"] == 28 and 0 <= stats["train"]["padding_fraction"] < 0.2
+
+
+def test_decode_swaps_decoder_on_the_command_line(tiny_recipe, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_cli("run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", "trainer.max_steps=2",
+                   "--set", "trainer.epochs=1") == 0
+    assert run_cli("decode", str(run_dir), "--set", "decode.max_len_ratio=0.5", "--split", "dev") == 0
+    folders = sorted(p.name for p in (run_dir / "decode").iterdir())
+    assert len(folders) == 2 and any("max_len_ratio0.5" in f for f in folders)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("speechforge_sampling") is None,
+                    reason="the example plugin is not installed (pip install -e plugins/speechforge-sampling)")
+def test_plugin_decoder_is_listed_and_used_by_a_run(tiny_recipe, tmp_path, capsys):
+    assert "sampling" in registry.names("decoders")
+    assert run_cli("registry", "decoders") == 0
+    listing = capsys.readouterr().out
+    assert "sampling" in listing and "[speechforge-sampling]" in listing
+    run_dir = tmp_path / "run"
+    code = run_cli("run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", "trainer.max_steps=2",
+                   "--set", "trainer.epochs=1", "--set", "decode.name=sampling", "--set", "decode.num_samples=3")
+    assert code == 0
+    (folder,) = (run_dir / "decode").iterdir()
+    assert folder.name.startswith("sampling")
+    first = json.loads(open(folder / "dev.hyps.jsonl").readline())
+    assert len(first["nbest"]) == 3
