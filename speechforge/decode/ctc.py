@@ -51,7 +51,7 @@ def ctc_greedy_search(
 class CTCPrefixState:
     """CTC forward variables of N prefixes (rows); row n is a prefix of utterance utt[n]."""
 
-    r: torch.Tensor  # (T, 2, N) log P(frames 0..t emit the prefix, ending in [non-blank, blank])
+    r: torch.Tensor  # (N, 2, T) log P(frames 0..t emit the prefix, ending in [non-blank, blank])
     score: torch.Tensor  # (N,) log prefix probability of the prefix itself
     last: torch.Tensor  # (N,) last token of the prefix, -1 when empty
     utt: torch.Tensor  # (N,) which utterance's frames the row reads
@@ -68,29 +68,32 @@ class CTCPrefixScorer:
     labelling is exactly g; <blank> is never a candidate.
 
     Rows are (utterance x beam) hypotheses and everything is one tensor expression over
-    (time, rows, candidates): the forward recursion r_n(t) = (r_n(t-1) (+) phi(t-1)) x(t)
+    (rows, candidates, time): the forward recursion r_n(t) = (r_n(t-1) (+) phi(t-1)) x(t)
     is linear in the log semiring, so it is solved with a cumulative sum and a
     ``logcumsumexp`` instead of a loop over frames.
     """
 
     def __init__(self, ctc_log_probs: torch.Tensor, enc_lens: torch.Tensor, blank: int = BLANK, eos: int = EOS,
                  max_elements: int = 1 << 22):
-        t = ctc_log_probs.shape[1]
+        b, t, v = ctc_log_probs.shape
         # float64: the closed form subtracts cumulative sums that reach thousands
         x = ctc_log_probs.detach().double().clamp(min=LOG_FLOOR)
         self.lens = enc_lens.to(x.device).clamp(min=1, max=t)
-        self.valid = torch.arange(t, device=x.device)[:, None] < self.lens[None, :]  # (T, B)
+        self.valid = torch.arange(t, device=x.device)[None, :] < self.lens[:, None]  # (B, T)
         # frames past the end take log 1 so that the sums stay finite; they are masked out
-        self.x = x.transpose(0, 1).masked_fill(~self.valid[:, :, None], 0.0).contiguous()  # (T, B, V)
-        self.blank, self.eos = blank, eos
-        self.vocab_size = x.shape[-1]
-        self.max_elements = max_elements  # bounds (T x rows x candidates) per chunk
+        x = x.masked_fill(~self.valid[:, :, None], 0.0)
+        # time last, one row per (utterance, token): a candidate's frames are one contiguous
+        # row, so gathering them is an index_select (a strided gather costs 50x more)
+        self.rows = x.transpose(1, 2).reshape(b * v, t)  # (B * V, T)
+        self.blank_frames = x[:, :, blank]  # (B, T)
+        self.blank, self.eos, self.vocab_size = blank, eos, v
+        self.max_elements = max_elements  # bounds (rows x candidates x T) per chunk
 
     def init_state(self, utt: torch.Tensor) -> CTCPrefixState:
         """The empty prefix for each row; ``utt`` (N,) maps rows to utterances."""
-        utt = utt.to(self.x.device)
+        utt = utt.to(self.rows.device)
         n = utt.shape[0]
-        blank_only = self.x[:, utt, self.blank].cumsum(0)  # (T, N)
+        blank_only = self.blank_frames.index_select(0, utt).cumsum(1)  # (N, T)
         r = torch.stack([torch.full_like(blank_only, NEG_INF), blank_only], dim=1)
         return CTCPrefixState(r, torch.zeros(n, dtype=r.dtype, device=r.device),
                               torch.full((n,), -1, dtype=torch.long, device=r.device), utt)
@@ -98,11 +101,11 @@ class CTCPrefixScorer:
     def score(self, state: CTCPrefixState, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Prefix scores log P(g+c...) (N, C) of ``candidates`` (N, C), or (N, V) of
         every token when None. Absolute, not increments: subtract ``state.score``."""
-        n = state.utt.shape[0]
+        n, t = state.r.shape[0], state.r.shape[2]
         if candidates is None:
-            candidates = torch.arange(self.vocab_size, device=self.x.device).expand(n, -1)
-        candidates = candidates.to(self.x.device)
-        chunk = max(1, self.max_elements // max(1, self.x.shape[0] * n))
+            candidates = torch.arange(self.vocab_size, device=self.rows.device).expand(n, -1)
+        candidates = candidates.to(self.rows.device)
+        chunk = max(1, self.max_elements // max(1, t * n))
         parts = [self._extend(state, candidates[:, i : i + chunk], need_r=False)[0]
                  for i in range(0, candidates.shape[1], chunk)]
         return torch.cat(parts, dim=1)
@@ -110,48 +113,49 @@ class CTCPrefixScorer:
     def select(self, state: CTCPrefixState, index: torch.Tensor) -> CTCPrefixState:
         """Reorder or repeat rows (beams that survive, utterances that remain)."""
         index = index.to(state.r.device)
-        return CTCPrefixState(state.r.index_select(2, index), state.score.index_select(0, index),
+        return CTCPrefixState(state.r.index_select(0, index), state.score.index_select(0, index),
                               state.last.index_select(0, index), state.utt.index_select(0, index))
 
     def extend(self, state: CTCPrefixState, index: torch.Tensor, tokens: torch.Tensor) -> CTCPrefixState:
         """Row ``index[m]`` followed by ``tokens[m]``, for the hypotheses a search keeps.
 
         The forward variables of the chosen extensions are recomputed here rather than
-        kept from ``score``: keeping them for every candidate would hold T x N x V floats
+        kept from ``score``: keeping them for every candidate would hold N x V x T floats
         when the whole vocabulary is scored."""
         picked = self.select(state, index)
         tokens = tokens.to(picked.r.device)
         psi, r = self._extend(picked, tokens[:, None], need_r=True)
-        return CTCPrefixState(r[..., 0], psi[:, 0], tokens, picked.utt)
+        return CTCPrefixState(r[:, 0], psi[:, 0], tokens, picked.utt)
 
     def _extend(self, state: CTCPrefixState, cand: torch.Tensor, need_r: bool):
-        t, n, c = self.x.shape[0], cand.shape[0], cand.shape[1]
-        x_c = self.x[:, state.utt[:, None], cand]  # (T, N, C)
-        r_n, r_b = state.r[:, 0], state.r[:, 1]  # (T, N)
+        n, c = cand.shape
+        t = state.r.shape[2]
+        x_c = self.rows.index_select(0, (state.utt[:, None] * self.vocab_size + cand).reshape(-1)).view(n, c, t)
+        r_n, r_b = state.r[:, 0], state.r[:, 1]  # (N, T)
         r_sum = torch.logaddexp(r_n, r_b)
         # a repeated token is a new label only after a blank: phi keeps blank-ending paths
-        phi = torch.where(cand[None] == state.last[None, :, None], r_b[:, :, None], r_sum[:, :, None])
+        phi = torch.where(cand[:, :, None] == state.last[:, None, None], r_b[:, None, :], r_sum[:, None, :])
         # phi one frame back; before frame 0 only the empty prefix has probability (1)
         start = torch.where(state.last < 0, 0.0, NEG_INF).to(phi.dtype)
-        phi_prev = torch.cat([start[None, :, None].expand(1, n, c), phi[:-1]], dim=0)  # (T, N, C)
-        valid = self.valid[:, state.utt][:, :, None]
-        psi = (phi_prev + x_c).masked_fill(~valid, NEG_INF).logsumexp(0)  # (N, C)
-        last_frame = (self.lens[state.utt] - 1)[None, :]
-        full = r_sum.gather(0, last_frame)[0]  # (N,) log P(labelling == prefix)
-        psi = torch.where(cand == self.eos, full[:, None], psi)
+        phi_prev = torch.cat([start[:, None, None].expand(n, c, 1), phi[:, :, :-1]], dim=2)  # (N, C, T)
+        valid = self.valid.index_select(0, state.utt)[:, None, :]
+        psi = (phi_prev + x_c).masked_fill(~valid, NEG_INF).logsumexp(2)  # (N, C)
+        last_frame = (self.lens.index_select(0, state.utt) - 1)[:, None]
+        full = r_sum.gather(1, last_frame)  # (N, 1) log P(labelling == prefix)
+        psi = torch.where(cand == self.eos, full, psi)
         psi = psi.masked_fill(cand == self.blank, NEG_INF)
         if not need_r:
             return psi, None
         # r_n(t) = X(t) + logcumsumexp_{s<=t}(phi(s-1) - X(s-1)), X the cumulative sum of x_c
-        x_cum = x_c.cumsum(0)
-        x_prev = torch.cat([torch.zeros_like(x_cum[:1]), x_cum[:-1]], dim=0)
-        new_n = x_cum + torch.logcumsumexp(phi_prev - x_prev, dim=0)
+        x_cum = x_c.cumsum(2)
+        x_prev = torch.cat([torch.zeros_like(x_cum[:, :, :1]), x_cum[:, :, :-1]], dim=2)
+        new_n = x_cum + torch.logcumsumexp(phi_prev - x_prev, dim=2)
         # r_b(t) = (r_n(t-1) (+) r_b(t-1)) b(t): the same form with the blank's sums
-        b_cum = self.x[:, state.utt, self.blank].cumsum(0)[:, :, None]
-        b_prev = torch.cat([torch.zeros_like(b_cum[:1]), b_cum[:-1]], dim=0)
-        n_prev = torch.cat([torch.full_like(new_n[:1], NEG_INF), new_n[:-1]], dim=0)
-        new_b = b_cum + torch.logcumsumexp(n_prev - b_prev, dim=0)
-        return psi, torch.stack([new_n, new_b], dim=1)  # (T, 2, N, C)
+        b_cum = self.blank_frames.index_select(0, state.utt).cumsum(1)[:, None, :]
+        b_prev = torch.cat([torch.zeros_like(b_cum[:, :, :1]), b_cum[:, :, :-1]], dim=2)
+        n_prev = torch.cat([torch.full_like(new_n[:, :, :1], NEG_INF), new_n[:, :, :-1]], dim=2)
+        new_b = b_cum + torch.logcumsumexp(n_prev - b_prev, dim=2)
+        return psi, torch.stack([new_n, new_b], dim=2)  # (N, C, 2, T)
 
 
 # --- CTC-only prefix beam search -----------------------------------------------
