@@ -56,6 +56,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--test", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--wav", action="store_true", help="also keep the waveforms")
+    s = dsub.add_parser("prepare", help="compute the features of every split of a recipe's dataset, once")
+    s.add_argument("recipe", type=Path)
+    _add_set(s)
     return ap
 
 
@@ -81,6 +84,8 @@ def cmd_run(args, log) -> int:
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
     run_dir = resolve_run_dir(recipe, args.recipe, args.run_dir)
+    if args.resume and not (run_dir / "checkpoints").is_dir():
+        raise RecipeError([("--resume", f"{run_dir} holds no checkpoint to resume from")])
     try:
         summary = pipeline.run(recipe, run_dir, log, progress=not args.quiet)
     except TrainingInterrupted as sig:
@@ -147,6 +152,13 @@ def cmd_decode(args, log) -> int:
 def cmd_data(args, log) -> int:
     from speechforge.data.synth import build_corpus
 
+    if args.data_command == "prepare":
+        from speechforge import recipe as recipe_mod
+        from speechforge.data.sources import prepare_all
+
+        recipe = recipe_mod.load(args.recipe, args.overrides)
+        print(json.dumps(prepare_all(recipe.data.build(), log), indent=2))
+        return 0
     stats = build_corpus(args.out, n_train=args.train, n_dev=args.dev, n_test=args.test, seed=args.seed,
                          save_wav=args.wav, progress=not args.quiet)
     print(json.dumps(stats, indent=2))

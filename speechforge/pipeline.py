@@ -48,11 +48,18 @@ def check_resumable(run_dir: Path, recipe: Recipe) -> bool:
     return True
 
 
+def seed_everything(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
 def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) -> dict[str, Any]:
     """Train, validate each epoch, then decode dev and test with the recipe's decoder."""
     experiment.check_run_dir_writable(run_dir)
     resuming = check_resumable(run_dir, recipe)
     start = time.time()
+    seed_everything(recipe.seed)  # before the model is built: its initial weights come from here
     exp = experiment.build(recipe, run_dir, log)
     for note in exp.notes:
         log(note)
@@ -64,7 +71,6 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     log(f"model: {count_parameters(exp.model):,} parameters, vocabulary {exp.tokenizer.vocab_size}"
         + (" (resuming)" if resuming else ""))
 
-    torch.manual_seed(recipe.seed)
     trainer = recipe.trainer.build()
     loss_fn = recipe.loss.build()
     optimizer = recipe.optimizer.build(model=exp.model)

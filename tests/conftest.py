@@ -26,6 +26,9 @@ def tiny_recipe(tmp_path: Path, hw4p2_root: Path) -> Path:
     text = (REPO / "recipes" / "char_tiny.toml").read_text().replace(
         'root = "../shared/data/hw4_data_subset/hw4p2_data"', f'root = "{hw4p2_root}"'
     )
+    # eight utterances and short hypotheses: a whole run takes seconds
+    text = text.replace("max_frames = 12000", "max_frames = 12000\nmax_utterances = 8")
+    text = text.replace('[decode]\nname = "greedy"', '[decode]\nname = "greedy"\nmax_len = 40')
     path = tmp_path / "tiny.toml"
     path.write_text(text)
     return path

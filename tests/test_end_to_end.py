@@ -37,7 +37,7 @@ def test_run_writes_checkpoints_metrics_hypotheses_and_submission(tiny_recipe, t
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["dev"]) >= {"cer", "wer", "utterances"}
     stats = json.loads((run_dir / "dataset_stats.json").read_text())
-    assert stats["train"]["utterances"] == 28 and 0 <= stats["train"]["padding_fraction"] < 0.2
+    assert stats["train"]["utterances"] == 8 and 0 <= stats["train"]["padding_fraction"] < 0.2
 
 
 def test_decode_swaps_decoder_on_the_command_line(tiny_recipe, tmp_path, capsys):

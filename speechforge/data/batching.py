@@ -16,7 +16,10 @@ from speechforge.data.tokenizers import EOS, PAD, SOS, Tokenizer
 
 
 class UtteranceDataset(Dataset):
-    """Normalized features and token ids of one split, read lazily from disk."""
+    """Normalized features and token ids of one split, read lazily from disk.
+
+    An utterance with a ``front_end`` (training utterances of an audio source with
+    waveform augmentations) has its features computed from its recording at each read."""
 
     def __init__(self, utterances: list[Utterance], normalizer: Normalizer, tokenizer: Tokenizer | None,
                  num_mel_bins: int = 80):
@@ -30,7 +33,11 @@ class UtteranceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         utt = self.utterances[index]
-        feats = self.normalizer(load_features(utt.feats, self.num_mel_bins))
+        if utt.front_end is not None and utt.audio is not None:
+            feats = utt.front_end(utt.audio)  # (T, F)
+        else:
+            feats = load_features(utt.feats, self.num_mel_bins)
+        feats = self.normalizer(feats)
         item = {"id": utt.id, "feats": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), "text": utt.text}
         if utt.text is not None and self.tokenizer is not None:
             item["tokens"] = self.tokenizer.encode(utt.text)
@@ -123,7 +130,12 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = 0
         self.start = 0
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int) -> None:
+        # Accelerate's loader calls this at every pass: a new epoch starts from its first batch
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def resume_at(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
 
     def batches(self) -> list[list[int]]:

@@ -126,7 +126,8 @@ class AccelerateTrainer:
 
         try:
             while epoch < epochs and (max_steps is None or step < max_steps):
-                sampler.set_epoch(epoch, start_batch)
+                sampler.resume_at(epoch, start_batch)
+                train_loader.set_epoch(epoch)
                 model.train()
                 t0, frames, losses_sum, n_batches = time.time(), 0, 0.0, 0
                 bar = _progress(len(sampler), f"epoch {epoch + 1}/{epochs}", progress and acc.is_main_process)
@@ -234,7 +235,9 @@ class AccelerateTrainer:
             out = model(b.feats, b.feat_lens, b.tokens_in)
             total += float(loss_fn(out, b.tokens_out, b.token_lens)["loss"]) * len(b.ids)
             n += len(b.ids)
-        records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l), exp.tokenizer, device)
+        # the recipe's length limits keep an untrained model from rambling to the cap
+        limits = {k: v for k, v in exp.recipe.decode.args.items() if k in ("max_len_ratio", "max_len")}
+        records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l, **limits), exp.tokenizer, device)
         rates = score(records) or {"cer": math.nan, "wer": math.nan}
         samples = records[: self.cfg["sample_transcripts"]]
         lines = [f"  {r['id']}\n    REF: {r['ref']}\n    HYP: {r['hyp']}" for r in samples]
