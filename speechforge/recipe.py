@@ -180,7 +180,7 @@ def _reason(err: dict[str, Any], allowed: list[str]) -> str:
         hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(sorted(allowed))})"
         return f"unknown key{hint}"
     if kind == "missing":
-        return "required key is missing"
+        return "too few items" if isinstance(err["loc"][-1], int) else "required key is missing"
     if kind == "value_error":
         return str(err["ctx"]["error"])
     for prefix, expected in _EXPECT.items():
@@ -242,7 +242,10 @@ def validate_component(kind: str, section: Any, path: str) -> Spec:
         args.update({k: getattr(validated, k) for k in schema.model.model_fields})
     except pydantic.ValidationError as err:
         for e in err.errors():
-            problems.append((".".join([path] + [str(p) for p in e["loc"]]), _reason(e, allowed)))
+            where = path
+            for part in e["loc"]:
+                where = _join(where, part)
+            problems.append((where, _reason(e, allowed)))
     if problems:
         raise RecipeError(problems)
     return Spec(kind, name, args, path)
