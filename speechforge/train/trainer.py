@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.decode.greedy import greedy_search
@@ -69,7 +69,7 @@ class AccelerateTrainer:
 
     def fit(self, exp, loss_fn, optimizer, schedule, log: Log = print, progress: bool = True) -> dict[str, Any]:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import ProjectConfiguration, set_seed
 
         cfg = self.cfg
         run_dir: Path = exp.run_dir
@@ -82,7 +82,11 @@ class AccelerateTrainer:
             mixed_precision=cfg["mixed_precision"],
             gradient_accumulation_steps=cfg["grad_accum_steps"],
             cpu=cfg["cpu"],
+            log_with=list(cfg["trackers"]) or None,
+            project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tracking")),
         )
+        if cfg["trackers"]:
+            acc.init_trackers("speechforge", config=_flat_config(exp.recipe.to_dict()))
         model = exp.model
         train_loader, sampler = exp.loader("train", train=True, seed=seed)
         dev_loader = exp.loader("dev")[0] if exp.corpus.has("dev") else None
@@ -116,6 +120,9 @@ class AccelerateTrainer:
             if acc.is_main_process:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
+            if cfg["trackers"]:
+                scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+                acc.log(scalars, step=record["step"])
 
         def save(epoch_: int, batch_: int) -> None:
             if acc.is_main_process:
@@ -204,6 +211,9 @@ class AccelerateTrainer:
                 }
                 if dev_loader is not None and ((epoch + 1) % cfg["validate_every_epochs"] == 0 or epoch + 1 == epochs):
                     record.update(self.validate(acc.unwrap_model(model), dev_loader, loss_fn, exp, acc.device, log))
+                    if acc.is_main_process:
+                        png = self.plot_attention(acc.unwrap_model(model), dev_loader, exp, acc.device, epoch + 1)
+                        _log_image(acc, cfg["trackers"], "attention", png, step)
                     schedule.on_validation(record["dev_cer"])
                     if record["dev_cer"] < best and acc.is_main_process:
                         best = record["dev_cer"]
@@ -221,8 +231,16 @@ class AccelerateTrainer:
         finally:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        if not (run_dir / "best.pt").exists() and acc.is_main_process:
-            checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step}, run_dir / "best.pt")
+        if acc.is_main_process:
+            if not (run_dir / "best.pt").exists():
+                checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step}, run_dir / "best.pt")
+            kept = [p for _, p in checkpoint.checkpoints(ckpt_dir)]
+            if kept:
+                # the mean of the last checkpoints: usually a few tenths of a point of WER better
+                checkpoint.save_atomic({"model": checkpoint.average_state_dicts(kept), "step": step,
+                                        "averaged": [p.name for p in kept]}, run_dir / "averaged.pt")
+        if cfg["trackers"]:
+            acc.end_training()
         return {"step": step, "epochs": epoch, "best_dev_cer": None if math.isinf(best) else best,
                 "nonfinite_skips": counters["nonfinite_skips"], "history": history}
 
@@ -247,6 +265,59 @@ class AccelerateTrainer:
                 f.write("\n".join(lines) + "\n\n")
         model.train()
         return {"dev_loss": round(total / max(n, 1), 5), "dev_cer": rates["cer"], "dev_wer": rates["wer"]}
+
+
+    @torch.no_grad()
+    def plot_attention(self, model, loader, exp, device, epoch: int) -> Path | None:
+        """Heatmaps for the first dev utterance, teacher-forced on its reference."""
+        from speechforge import plots
+
+        batch = next(iter(loader)).to(device)
+        if batch.tokens_in is None:
+            return None
+        model.eval()
+        n = int(batch.token_lens[0]) + 1
+        out = model(batch.feats[:1], batch.feat_lens[:1], batch.tokens_in[:1, :n], need_weights=True)
+        last = out["attention"][-1]
+        t = int(out["enc_lens"][0])
+        cross = last["cross"][0].mean(0)[:, :t].float().cpu().numpy()
+        self_attn = last["self"][0].mean(0).float().cpu().numpy()
+        pieces = ["<sos>"] + [exp.tokenizer.decode([i]) or "?" for i in batch.tokens_in[0, 1:n].tolist()]
+        path = exp.run_dir / "plots" / f"attention-epoch{epoch:03d}.png"
+        plots.attention_maps(cross, self_attn, pieces, path, f"{batch.ids[0]} - epoch {epoch}")
+        latest = exp.run_dir / "plots" / "attention-latest.png"
+        latest.write_bytes(path.read_bytes())
+        model.train()
+        return path
+
+
+def _log_image(acc, trackers, tag: str, png: Path | None, step: int) -> None:
+    if png is None or "tensorboard" not in trackers or not acc.is_main_process:
+        return
+    from speechforge import plots
+
+    acc.get_tracker("tensorboard", unwrap=True).add_image(tag, plots.to_image(png), step, dataformats="HWC")
+
+
+def _flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TensorBoard's hparams take flat scalars only."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_config(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+    return out
+
+
+def _trackers_available(value: list[str]) -> list[str]:
+    import importlib.util
+
+    for name, module in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if name in value and importlib.util.find_spec(module) is None:
+            raise ValueError(f"{name} is not installed (pip install {module}), or leave it out of trainer.trackers")
+    return value
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -281,6 +352,7 @@ def accelerate(
     validate_every_epochs: Annotated[int, Field(ge=1)] = 1,
     max_nonfinite: Annotated[int, Field(ge=1)] = 10,
     sample_transcripts: Annotated[int, Field(ge=0)] = 3,
+    trackers: Annotated[list[Literal["tensorboard", "wandb"]], AfterValidator(_trackers_available)] = ["tensorboard"],
 ) -> AccelerateTrainer:
     """Hugging Face Accelerate loop: mixed precision, accumulation, checkpoints, resume."""
     return AccelerateTrainer(**{k: v for k, v in locals().items()})
