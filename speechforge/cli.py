@@ -47,6 +47,20 @@ def parser() -> argparse.ArgumentParser:
     _add_set(p)
     p.add_argument("--split", action="append", choices=["dev", "test"], help="split(s) to decode (default both)")
 
+    p = sub.add_parser("transcribe", help="transcribe audio or feature files with a trained run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("files", type=Path, nargs="+")
+    _add_set(p)
+    p.add_argument("--weights", choices=["best", "last", "averaged"], default="best")
+    p.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None)
+
+    p = sub.add_parser("runs", help="list runs with their best dev CER")
+    p.add_argument("root", type=Path, nargs="?", default=Path("runs"))
+
     p = sub.add_parser("data", help="data tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="generate the built-in synthetic corpus")
@@ -154,7 +168,7 @@ def cmd_data(args, log) -> int:
 
     if args.data_command == "prepare":
         from speechforge import recipe as recipe_mod
-        from speechforge.data.sources import prepare_all
+        from speechforge.data.feature_cache import prepare_all
 
         recipe = recipe_mod.load(args.recipe, args.overrides)
         print(json.dumps(prepare_all(recipe.data.build(), log), indent=2))
@@ -165,7 +179,34 @@ def cmd_data(args, log) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
+def cmd_transcribe(args, log) -> int:
+    from speechforge.transcribe import load
+
+    for r in load(args.run_dir, args.overrides, args.weights).transcribe(args.files):
+        print(json.dumps(r) if args.json else f"{r['path']}\t{r['text']}")
+    return 0
+
+
+def cmd_report(args, log) -> int:
+    from speechforge.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
+    return 0
+
+
+def cmd_runs(args, log) -> int:
+    from speechforge.report import list_runs
+
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}")
+    for r in runs:
+        cer = "-" if r["best_dev_cer"] is None else f"{r['best_dev_cer']:.4f}"
+        print(f"{r['run_dir']:<50} best dev CER {cer:>7}  steps {r['steps'] or '-'}{'' if r['finished'] else '  (unfinished)'}")
+    return 0
+
+
+COMMANDS = {"transcribe": cmd_transcribe, "report": cmd_report, "runs": cmd_runs, "run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -217,6 +217,8 @@ def load_weights(run_dir: Path, which: str = "best") -> dict[str, torch.Tensor]:
     from speechforge.train import checkpoint
 
     path = run_dir / f"{which}.pt"
+    if which == "averaged" and not path.exists():
+        raise DataError("no averaged.pt: the run has not finished", run_dir)
     if which == "last" or not path.exists():
         path = checkpoint.latest(run_dir / "checkpoints") or path
     if not path.exists():

@@ -55,7 +55,8 @@ def curves(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Pat
     if log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if any(len(x) for x, _ in series.values()):
+        ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

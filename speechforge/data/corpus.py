@@ -23,7 +23,23 @@ class Utterance:
     id: str
     feats: Path  # .npy of shape (num_mel_bins, T)
     text: str | None
-    num_frames: int
+    num_frames: int  # of the stored features
+    audio: Path | None = None  # the recording the features were computed from, if any
+    # Set on training utterances whose features are recomputed from ``audio`` at every
+    # read, after waveform augmentation (see speechforge.data.augment.OnTheFlyFeatures).
+    front_end: Callable[[Path], np.ndarray] | None = None
+
+
+@dataclass
+class Entry:
+    """One utterance as a source lists it, before its files are read."""
+
+    id: str
+    feats: Path | None  # stored features; None until an audio source has computed them
+    text: str | Path | None  # the transcript, or the .npy file holding it
+    audio: Path | None = None
+    duration: float | None = None  # seconds, as the source states it (checked against the audio)
+    origin: str | None = None  # where the source lists it ("wav.scp:12"), for messages
 
 
 @dataclass
@@ -112,26 +128,51 @@ def scan_feature_split(
     if text_ids:
         problems += [f"{feat_ids[u]}: features without a transcript" for u in sorted(set(feat_ids) - set(text_ids))]
         problems += [f"{text_ids[u]}: transcript without features" for u in sorted(set(text_ids) - set(feat_ids))]
-    utterances = []
     ids = sorted(set(feat_ids) & set(text_ids)) if text_ids else sorted(feat_ids)
     if limit is not None:
         ids = ids[:limit]
-    for utt in ids:
+    entries = [Entry(utt, feat_ids[utt], text_ids.get(utt)) for utt in ids]
+    return read_split(split_dir.name, entries, problems, num_mel_bins, on_bad_file, visit, where=split_dir)
+
+
+def read_split(
+    name: str,
+    entries: list[Entry],
+    problems: list[str],
+    num_mel_bins: int,
+    on_bad_file: OnBadFile,
+    visit: Callable[[np.ndarray], None] | None = None,
+    where: Path | None = None,
+) -> Split:
+    """Read every listed feature file (and transcript file) once, whatever the source.
+
+    ``problems`` are those the source found while listing (a line that is not JSON, an
+    audio file that is missing); they count as bad files like the ones found here."""
+    problems = list(problems)
+    utterances = []
+    for entry in entries:
+        if entry.feats is None:
+            continue  # an audio source could not compute them; its problem is already listed
         try:
-            text = load_transcript(text_ids[utt]) if text_ids else None
-            feats = load_features(feat_ids[utt], num_mel_bins)
+            text = load_transcript(entry.text) if isinstance(entry.text, Path) else entry.text
+            feats = load_features(entry.feats, num_mel_bins)
         except DataError as err:
             problems.append(str(err))
             continue
         if visit is not None:
             visit(feats)
-        utterances.append(Utterance(utt, feat_ids[utt], text, feats.shape[0]))
+        utterances.append(Utterance(entry.id, entry.feats, text, feats.shape[0], audio=entry.audio))
+    stop_if_bad(problems, on_bad_file)
+    if not utterances:
+        raise DataError("no usable utterances", where)
+    return Split(name, utterances, problems)
+
+
+def stop_if_bad(problems: list[str], on_bad_file: OnBadFile) -> None:
+    """With data.on_bad_file = "stop", the first problem (and how many more) ends the run."""
     if problems and on_bad_file == "stop":
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise DataError(f"{problems[0]}{more}; set data.on_bad_file = \"skip\" to leave bad files out and count them")
-    if not utterances:
-        raise DataError("no usable utterances", split_dir)
-    return Split(split_dir.name, utterances, problems)
 
 
 def check_encodable(texts: Iterable[tuple[str, str]], can_encode: Callable[[str], str | None]) -> list[str]:

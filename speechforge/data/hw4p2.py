@@ -11,12 +11,19 @@ import numpy as np
 from pydantic import AfterValidator, Field
 
 from speechforge import registry
+from speechforge.data.augment import domain
 from speechforge.data.corpus import OnBadFile, Split, scan_feature_split
-from speechforge.recipe import Spec, Sub
+from speechforge.recipe import RecipeError, Spec, Sub
 
 
 class FeatureCorpus:
-    """Where a corpus lives and how it is batched; splits are scanned on first use."""
+    """Where a corpus lives and how it is batched; splits are scanned on first use.
+
+    ``augment`` keeps the feature-level augmentations (the trainer applies them to
+    batches); ``waveform_augment`` the waveform-level ones, which only a source that
+    reads audio (``reads_audio``) accepts."""
+
+    reads_audio = False
 
     def __init__(
         self,
@@ -39,9 +46,18 @@ class FeatureCorpus:
         self.max_frames, self.batch_size, self.bucketed = max_frames, batch_size, bucketed
         self.num_workers = num_workers
         self.normalization = normalization
-        self.augment = augment
+        self.augment, self.waveform_augment = self._sort_augmentations(augment)
         self.max_utterances = max_utterances
         self._cache: dict[str, Split] = {}
+
+    def _sort_augmentations(self, augment: list[Spec]) -> tuple[list[Spec], list[Spec]]:
+        levels = [domain(spec.build()) for spec in augment]
+        waveform = [spec for spec, level in zip(augment, levels) if level == "waveform"]
+        if waveform and not self.reads_audio:
+            spec = waveform[0]
+            raise RecipeError([(f"{spec.path}.name", f"{spec.name!r} changes the waveform, but this dataset reads stored "
+                                f"features; use an audio source (librispeech, kaldi, jsonl with \"audio\") or remove it")])
+        return [spec for spec, level in zip(augment, levels) if level != "waveform"], waveform
 
     def prepare(self, log: Callable[[str], None] = print) -> None:
         """Make sure the data exists (the synthetic corpus builds itself here)."""
