@@ -22,7 +22,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Generic, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Callable, Generic, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -259,23 +259,27 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    task: Literal["asr", "lm"] = "asr"
     seed: Annotated[int, Field(ge=0)] = 0
     run_dir: str | None = None
-    data: Spec
-    tokenizer: Spec
-    model: Spec
-    loss: Spec
-    optimizer: Spec
-    scheduler: Spec
-    trainer: Spec
-    decode: Spec
+    data: Spec | None = None
+    tokenizer: Spec | None = None
+    model: Spec | None = None
+    loss: Spec | None = None
+    optimizer: Spec | None = None
+    scheduler: Spec | None = None
+    trainer: Spec | None = None
+    decode: Spec | None = None
+    generate: Spec | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"seed": self.seed}
+        out: dict[str, Any] = {"task": self.task, "seed": self.seed}
         if self.run_dir is not None:
             out["run_dir"] = self.run_dir
-        for key, kind in SECTIONS.items():
-            out[key] = getattr(self, key).to_dict()
+        for key in SECTIONS:
+            spec = getattr(self, key)
+            if spec is not None:
+                out[key] = spec.to_dict()
         return out
 
 
@@ -289,8 +293,15 @@ SECTIONS = {
     "scheduler": "schedulers",
     "trainer": "trainers",
     "decode": "decoders",
+    "generate": "generators",
 }
-_PLAIN_KEYS = {"seed", "run_dir"}
+_COMMON = ("data", "tokenizer", "model", "loss", "optimizer", "scheduler", "trainer")
+# task -> (required sections, optional sections)
+TASKS = {
+    "asr": (_COMMON + ("decode",), ()),
+    "lm": (_COMMON, ("generate",)),
+}
+_PLAIN_KEYS = {"task", "seed", "run_dir"}
 
 
 def parse_value(text: str) -> Any:
@@ -349,14 +360,21 @@ def validate(raw: dict[str, Any]) -> Recipe:
     """Turn a parsed recipe into a Recipe, collecting every problem with its key path."""
     problems: list[tuple[str, str]] = []
     specs: dict[str, Any] = {}
+    task = raw.get("task", "asr")
+    if task not in TASKS:
+        raise RecipeError([("task", f"expected one of {', '.join(TASKS)}, got {_show(task)}")])
+    required, optional = TASKS[task]
+    allowed = list(required) + list(optional) + sorted(_PLAIN_KEYS)
     for key in raw:
-        if key not in SECTIONS and key not in _PLAIN_KEYS:
-            close = difflib.get_close_matches(key, list(SECTIONS) + list(_PLAIN_KEYS), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else f" (sections: {', '.join(SECTIONS)})"
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f" (sections of a {task} recipe: {', '.join(required + optional)})"
             problems.append((key, f"unknown section{hint}"))
-    for key, kind in SECTIONS.items():
+    for key in required + optional:
+        kind = SECTIONS[key]
         if key not in raw:
-            problems.append((key, f"required section is missing; registered {kind}: {', '.join(registry.names(kind))}"))
+            if key in required:
+                problems.append((key, f"required section is missing; registered {kind}: {', '.join(registry.names(kind))}"))
             continue
         try:
             specs[key] = validate_component(kind, raw[key], key)
@@ -364,7 +382,7 @@ def validate(raw: dict[str, Any]) -> Recipe:
             problems.extend(err.problems)
     plain = {k: raw[k] for k in _PLAIN_KEYS if k in raw}
     try:
-        Recipe.model_validate({**plain, **{k: Spec("", "", {}, k) for k in SECTIONS}})
+        Recipe.model_validate(plain)
     except pydantic.ValidationError as err:
         for e in err.errors():
             problems.append((".".join(str(p) for p in e["loc"]), _reason(e, list(_PLAIN_KEYS))))

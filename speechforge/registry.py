@@ -34,6 +34,7 @@ KINDS = (
     "trainers",
     "decoders",
     "lm_scorers",
+    "generators",
 )
 
 datasets = catalogue.create("speechforge", "datasets", entry_points=True)
@@ -50,6 +51,7 @@ schedulers = catalogue.create("speechforge", "schedulers", entry_points=True)
 trainers = catalogue.create("speechforge", "trainers", entry_points=True)
 decoders = catalogue.create("speechforge", "decoders", entry_points=True)
 lm_scorers = catalogue.create("speechforge", "lm_scorers", entry_points=True)
+generators = catalogue.create("speechforge", "generators", entry_points=True)
 
 # The modules whose import registers the built-in components. Kept as names, not
 # imports, so that `import speechforge.registry` stays cheap and cycle-free.
@@ -71,6 +73,7 @@ _OPTIONAL_BUILTINS = (
     "speechforge.model.lm",
     "speechforge.decode.beam",
     "speechforge.decode.ctc",
+    "speechforge.lm",
 )
 _loaded = False
 
