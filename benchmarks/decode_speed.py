@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, s in seconds.items():
         total = enc_s + s
         print(f"{name:<28} {s:>9.3f} {utts / total:>8.2f} {total / audio_s:>8.4f}")
-    print("ratios (decode time only):")
+    print("ratios (decode time only" + ("; the targets are for the full run)" if args.quick else "):"))
     speedup = seconds["greedy (uncached)"] / seconds["greedy (cached)"]
     ctc_cost = seconds[f"beam {k} + ctc 0.3"] / seconds[f"beam {k}"]
     lm_cost = seconds[f"beam {k} + ctc 0.3 + lm 0.3"] / seconds[f"beam {k} + ctc 0.3"]
