@@ -40,13 +40,15 @@ class Experiment:
     augment: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def loader(self, role: str, train: bool = False, seed: int = 0) -> tuple[DataLoader, BucketBatchSampler]:
+    def loader(self, role: str, train: bool = False, seed: int = 0, num_replicas: int = 1,
+               rank: int = 0) -> tuple[DataLoader, BucketBatchSampler]:
+        """Batches of one split; with several processes, this process's share of each."""
         split = self.corpus.split(role)
         dataset = UtteranceDataset(split.utterances, self.normalizer, self.tokenizer, self.corpus.num_mel_bins)
         lengths = [u.num_frames for u in split.utterances]
         sampler = BucketBatchSampler(
             lengths, self.corpus.max_frames, self.corpus.batch_size, bucketed=self.corpus.bucketed or not train,
-            shuffle=train, seed=seed,
+            shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank,
         )
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.corpus.num_workers)
         return loader, sampler

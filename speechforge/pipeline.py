@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from speechforge import experiment, recipe as recipe_mod
-from speechforge.decode.outputs import decode_batches, decode_tag, write_outputs
+from speechforge.decode.outputs import decode_batches, decode_tag, gather_records, write_outputs
 from speechforge.model.transformer import count_parameters
 from speechforge.recipe import Recipe, RecipeError
 
@@ -63,9 +63,16 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     exp = experiment.build(recipe, run_dir, log)
     for note in exp.notes:
         log(note)
-    exp.save_assets()
+    from accelerate import PartialState
+
+    state = PartialState()
+    if not state.is_main_process:
+        log = _silent  # one process speaks; the others follow
     stats = experiment.dataset_stats(exp)
-    (run_dir / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+    if state.is_main_process:
+        exp.save_assets()
+        (run_dir / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+    state.wait_for_everyone()
     for role, s in stats.items():
         log(f"data.{role}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
     log(f"model: {count_parameters(exp.model):,} parameters, vocabulary {exp.tokenizer.vocab_size}"
@@ -82,28 +89,41 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     results = decode_splits(exp.model, exp, recipe, run_dir, log)
     summary.update({"decode": results, "seconds": round(time.time() - start, 1), "run_dir": str(run_dir)})
     summary.pop("history", None)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if state.is_main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def _silent(msg: str) -> None:
+    pass
+
+
 def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("dev", "test")) -> dict[str, Any]:
+    from accelerate import PartialState
+
+    state = PartialState()  # under `accelerate launch`, each process decodes its share
     decoder = recipe.decode.build()
+    if hasattr(decoder, "bind"):
+        decoder.bind(exp.tokenizer)
     tag = decode_tag(recipe.decode.name, recipe.decode.args)
     folder = run_dir / "decode" / tag
-    device = next(model.parameters()).device
+    model.to(state.device)
     results = {}
     for role in splits:
         if not exp.corpus.has(role):
             continue
-        loader, _ = exp.loader(role)
+        loader, _ = exp.loader(role, num_replicas=state.num_processes, rank=state.process_index)
         t0 = time.time()
-        records = decode_batches(model, loader, decoder, exp.tokenizer, device)
+        records = gather_records(decode_batches(model, loader, decoder, exp.tokenizer, state.device))
+        if not state.is_main_process:
+            continue
         res = write_outputs(records, folder, role)
         res["seconds"] = round(time.time() - t0, 2)
         results[role] = res
         rates = f"CER {res['cer']:.4f} WER {res['wer']:.4f}" if "cer" in res else "no references"
         log(f"decode {tag} {role}: {res['utterances']} utterances, {rates}")
-    (folder / "metrics.json").write_text(json.dumps({"decoder": recipe.decode.to_dict(), **results}, indent=2))
+    if state.is_main_process:
+        (folder / "metrics.json").write_text(json.dumps({"decoder": recipe.decode.to_dict(), **results}, indent=2))
     results["folder"] = str(folder)
     return results
 

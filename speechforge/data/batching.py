@@ -123,10 +123,12 @@ class BucketBatchSampler(Sampler[list[int]]):
     exactly the batches an uninterrupted one would."""
 
     def __init__(self, lengths: list[int], max_frames: int | None, batch_size: int | None,
-                 bucketed: bool = True, shuffle: bool = True, seed: int = 0):
+                 bucketed: bool = True, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0):
         self.lengths = lengths
         self.max_frames, self.batch_size = max_frames, batch_size
         self.bucketed, self.shuffle, self.seed = bucketed, shuffle, seed
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self.start = 0
 
@@ -139,14 +141,45 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch, self.start = epoch, start
 
     def batches(self) -> list[list[int]]:
+        """This process's batches of the epoch (all of them in a one-process run)."""
         rng = random.Random(self.seed * 100003 + self.epoch) if self.shuffle else None
-        return make_batches(self.lengths, self.max_frames, self.batch_size, self.bucketed, rng)
+        batches = make_batches(self.lengths, self.max_frames, self.batch_size, self.bucketed, rng)
+        if self.num_replicas == 1:
+            return batches
+        return [shard_batch(b, self.lengths, self.num_replicas)[self.rank] for b in merge_small(batches, self.num_replicas)]
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.batches()[self.start :]
 
     def __len__(self) -> int:
         return len(self.batches()) - self.start
+
+
+def merge_small(batches: list[list[int]], num_replicas: int) -> list[list[int]]:
+    """Fold batches with fewer utterances than processes into a neighbour, so every
+    process gets a share of every batch."""
+    out: list[list[int]] = []
+    for batch in batches:
+        if len(batch) < num_replicas and out:
+            out[-1] = out[-1] + batch
+        else:
+            out.append(list(batch))
+    if len(out) > 1 and len(out[0]) < num_replicas:
+        out[1] = out[0] + out[1]
+        out = out[1:]
+    if sum(len(b) for b in out) < num_replicas:
+        raise ValueError(f"{sum(len(b) for b in out)} utterances cannot be shared among {num_replicas} processes")
+    return out
+
+
+def shard_batch(batch: list[int], lengths: list[int], num_replicas: int) -> list[list[int]]:
+    """Split one global batch into ``num_replicas`` shards of similar length.
+
+    The recipe's batch is the global batch: with N processes each takes 1/N of it, so
+    an optimizer step sees the same utterances whatever N is, every utterance once,
+    and no process runs out of batches before the others (which would hang DDP)."""
+    ordered = sorted(batch, key=lambda i: lengths[i])
+    return [ordered[r::num_replicas] for r in range(num_replicas)]
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:

@@ -33,6 +33,19 @@ def decode_batches(
     return sorted(records, key=lambda r: r["id"])
 
 
+def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's records, on every process, once each, in utterance order."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return records
+    from accelerate.utils import gather_object
+
+    merged = {r["id"]: r for r in gather_object(records)}
+    return [merged[k] for k in sorted(merged)]
+
+
 def score(records: list[dict[str, Any]]) -> dict[str, float] | None:
     scored = [r for r in records if r["ref"] is not None]
     if not scored:

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.decode.greedy import greedy_search
-from speechforge.decode.outputs import decode_batches, score
+from speechforge.decode.outputs import decode_batches, gather_records, score
 from speechforge.train import checkpoint
 
 Log = Callable[[str], None]
@@ -88,9 +88,12 @@ class AccelerateTrainer:
         if cfg["trackers"]:
             acc.init_trackers("speechforge", config=_flat_config(exp.recipe.to_dict()))
         model = exp.model
-        train_loader, sampler = exp.loader("train", train=True, seed=seed)
-        dev_loader = exp.loader("dev")[0] if exp.corpus.has("dev") else None
-        model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
+        # Our sampler shards each global batch across processes itself (see shard_batch),
+        # so the loaders are not handed to prepare(), which would shard them again.
+        shard = {"num_replicas": acc.num_processes, "rank": acc.process_index}
+        train_loader, sampler = exp.loader("train", train=True, seed=seed, **shard)
+        dev_loader = exp.loader("dev", **shard)[0] if exp.corpus.has("dev") else None
+        model, optimizer = acc.prepare(model, optimizer)
         if cfg["compile"]:
             model = torch.compile(model, dynamic=True)
         recipe_text = (run_dir / "recipe.toml").read_text()
@@ -134,12 +137,12 @@ class AccelerateTrainer:
         try:
             while epoch < epochs and (max_steps is None or step < max_steps):
                 sampler.resume_at(epoch, start_batch)
-                train_loader.set_epoch(epoch)
                 model.train()
                 t0, frames, losses_sum, n_batches = time.time(), 0, 0.0, 0
                 bar = _progress(len(sampler), f"epoch {epoch + 1}/{epochs}", progress and acc.is_main_process)
                 batch_index = start_batch
                 for batch in train_loader:
+                    batch = batch.to(acc.device)
                     batch_index += 1
                     with acc.accumulate(model):
                         feats = batch.feats
@@ -148,7 +151,8 @@ class AccelerateTrainer:
                         out = model(feats, batch.feat_lens, batch.tokens_in)
                         parts = loss_fn(out, batch.tokens_out, batch.token_lens)
                         loss = parts["loss"]
-                        finite = bool(torch.isfinite(loss))
+                        # every process must skip together, or DDP would wait for the one that did not
+                        finite = _finite_everywhere(acc, loss)
                         if finite:
                             acc.backward(loss)
                         grad_norm = float("nan")
@@ -163,7 +167,8 @@ class AccelerateTrainer:
                             else:
                                 counters["nonfinite_skips"] += 1
                                 consecutive_bad += 1
-                                log(f"step {step + 1}: non-finite {'loss' if not finite else 'gradient'}; "
+                                if acc.is_main_process:
+                                    log(f"step {step + 1}: non-finite {'loss' if not finite else 'gradient'}; "
                                     f"update skipped ({counters['nonfinite_skips']} so far)")
                                 if consecutive_bad >= cfg["max_nonfinite"]:
                                     raise NonFiniteError(
@@ -186,10 +191,12 @@ class AccelerateTrainer:
                         bar.update(1)
                         bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
                     if step % cfg["log_every_steps"] == 0:
-                        rec = {"step": step, "epoch": epoch + 1, "loss": round(float(loss.detach()), 5), "lr": lr,
+                        # averaged over processes: the numbers describe the global batch
+                        mean = {k: _mean(acc, v) for k, v in parts.items()}
+                        rec = {"step": step, "epoch": epoch + 1, "loss": round(mean["loss"], 5), "lr": lr,
                                "grad_norm": round(grad_norm, 4) if math.isfinite(grad_norm) else None,
-                               "frames_per_s": round(frames / max(time.time() - t0, 1e-9), 1)}
-                        rec.update({k: round(float(v.detach()), 5) for k, v in parts.items() if k != "loss"})
+                               "frames_per_s": round(_sum(acc, frames) / max(time.time() - t0, 1e-9), 1)}
+                        rec.update({k: round(v, 5) for k, v in mean.items() if k != "loss"})
                         write_metrics(rec)
                         if bar is None and acc.is_main_process:
                             log(" ".join(f"{k}={v}" for k, v in rec.items()))
@@ -206,11 +213,12 @@ class AccelerateTrainer:
                 epoch_done = max_steps is None or step < max_steps or batch_index >= len(sampler.batches())
                 elapsed = time.time() - t0
                 record: dict[str, Any] = {
-                    "epoch": epoch + 1, "step": step, "train_loss": round(losses_sum / max(n_batches, 1), 5),
-                    "frames_per_s": round(frames / max(elapsed, 1e-9), 1), "seconds": round(elapsed, 2),
+                    "epoch": epoch + 1, "step": step,
+                    "train_loss": round(_sum(acc, losses_sum) / max(_sum(acc, n_batches), 1), 5),
+                    "frames_per_s": round(_sum(acc, frames) / max(elapsed, 1e-9), 1), "seconds": round(elapsed, 2),
                 }
                 if dev_loader is not None and ((epoch + 1) % cfg["validate_every_epochs"] == 0 or epoch + 1 == epochs):
-                    record.update(self.validate(acc.unwrap_model(model), dev_loader, loss_fn, exp, acc.device, log))
+                    record.update(self.validate(acc.unwrap_model(model), dev_loader, loss_fn, exp, acc, log))
                     if acc.is_main_process:
                         png = self.plot_attention(acc.unwrap_model(model), dev_loader, exp, acc.device, epoch + 1)
                         _log_image(acc, cfg["trackers"], "attention", png, step)
@@ -241,25 +249,30 @@ class AccelerateTrainer:
                                         "averaged": [p.name for p in kept]}, run_dir / "averaged.pt")
         if cfg["trackers"]:
             acc.end_training()
+        acc.wait_for_everyone()
         return {"step": step, "epochs": epoch, "best_dev_cer": None if math.isinf(best) else best,
                 "nonfinite_skips": counters["nonfinite_skips"], "history": history}
 
     @torch.no_grad()
-    def validate(self, model, loader, loss_fn, exp, device, log: Log) -> dict[str, float]:
+    def validate(self, model, loader, loss_fn, exp, acc, log: Log) -> dict[str, float]:
+        """Dev loss and greedy CER/WER; each process scores its shard, the numbers are global."""
         model.eval()
         total, n = 0.0, 0
         for batch in loader:
-            b = batch.to(device)
+            b = batch.to(acc.device)
             out = model(b.feats, b.feat_lens, b.tokens_in)
             total += float(loss_fn(out, b.tokens_out, b.token_lens)["loss"]) * len(b.ids)
             n += len(b.ids)
+        total, n = _sum(acc, total), _sum(acc, n)
         # the recipe's length limits keep an untrained model from rambling to the cap
         limits = {k: v for k, v in exp.recipe.decode.args.items() if k in ("max_len_ratio", "max_len")}
-        records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l, **limits), exp.tokenizer, device)
+        records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l, **limits), exp.tokenizer,
+                                 acc.device)
+        records = gather_records(records)
         rates = score(records) or {"cer": math.nan, "wer": math.nan}
         samples = records[: self.cfg["sample_transcripts"]]
         lines = [f"  {r['id']}\n    REF: {r['ref']}\n    HYP: {r['hyp']}" for r in samples]
-        if lines:
+        if lines and acc.is_main_process:
             log("sample transcripts (dev):\n" + "\n".join(lines))
             with open(exp.run_dir / "samples.txt", "a") as f:
                 f.write("\n".join(lines) + "\n\n")
@@ -289,6 +302,24 @@ class AccelerateTrainer:
         latest.write_bytes(path.read_bytes())
         model.train()
         return path
+
+
+def _finite_everywhere(acc, loss: torch.Tensor) -> bool:
+    bad = torch.tensor(0.0 if bool(torch.isfinite(loss.detach())) else 1.0, device=acc.device)
+    if acc.num_processes > 1:
+        bad = acc.reduce(bad, "sum")
+    return float(bad) == 0.0
+
+
+def _mean(acc, value: torch.Tensor) -> float:
+    v = value.detach().float().reshape(())
+    return float(acc.reduce(v, "mean")) if acc.num_processes > 1 else float(v)
+
+
+def _sum(acc, value: float) -> float:
+    if acc.num_processes == 1:
+        return value
+    return float(acc.reduce(torch.tensor(float(value), device=acc.device), "sum"))
 
 
 def _log_image(acc, trackers, tag: str, png: Path | None, step: int) -> None:
