@@ -73,6 +73,7 @@ _OPTIONAL_BUILTINS = (
     "speechforge.model.lm",
     "speechforge.decode.beam",
     "speechforge.decode.ctc",
+    "speechforge.decode.lm_fusion",
     "speechforge.lm",
 )
 _loaded = False

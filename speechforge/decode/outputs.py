@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -78,7 +79,12 @@ def decode_tag(name: str, args: dict[str, Any]) -> str:
     parts = [name]
     for key in sorted(args):
         value = args[key]
-        if isinstance(value, (int, float, str, bool)) and value is not None:
+        if isinstance(value, (int, float, str, bool)):
             parts.append(f"{key}{value}")
+        elif value is not None:
+            # a nested component (an LM scorer, say): its name and a digest of its arguments
+            plain = value.to_dict() if hasattr(value, "to_dict") else value
+            digest = hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            parts.append(f"{key}{plain.get('name', '') if isinstance(plain, dict) else ''}{digest}")
     tag = "-".join(parts)
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)[:120]
