@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,13 +40,24 @@ class Experiment:
     model: torch.nn.Module
     augment: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    transferred: list[str] = field(default_factory=list)  # decoder weights copied from an LM run
 
-    def loader(self, role: str, train: bool = False, seed: int = 0, num_replicas: int = 1,
-               rank: int = 0) -> tuple[DataLoader, BucketBatchSampler]:
-        """Batches of one split; with several processes, this process's share of each."""
-        split = self.corpus.split(role)
-        dataset = UtteranceDataset(split.utterances, self.normalizer, self.tokenizer, self.corpus.num_mel_bins)
-        lengths = [u.num_frames for u in split.utterances]
+    def loader(self, role: str, train: bool = False, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+               fraction: float | None = None, max_seconds: float | None = None) -> tuple[DataLoader, BucketBatchSampler]:
+        """Batches of one split; with several processes, this process's share of each.
+        ``fraction`` and ``max_seconds`` narrow the split (progressive training stages)."""
+        utterances = self.corpus.split(role).utterances
+        if max_seconds is not None:
+            utterances = [u for u in utterances if u.num_frames <= max_seconds * 100]
+        if fraction is not None and fraction < 1.0:
+            # a seeded choice, the same in every process and on every resume
+            order = sorted(range(len(utterances)), key=lambda i: random.Random(seed * 7919 + i).random())
+            keep = sorted(order[: max(1, round(fraction * len(utterances)))])
+            utterances = [utterances[i] for i in keep]
+        if not utterances:
+            raise DataError(f"data.{role}: no utterance is left after max_seconds={max_seconds}")
+        dataset = UtteranceDataset(utterances, self.normalizer, self.tokenizer, self.corpus.num_mel_bins)
+        lengths = [u.num_frames for u in utterances]
         sampler = BucketBatchSampler(
             lengths, self.corpus.max_frames, self.corpus.batch_size, bucketed=self.corpus.bucketed or not train,
             shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank,

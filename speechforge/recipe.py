@@ -254,6 +254,49 @@ def validate_component(kind: str, section: Any, path: str) -> Spec:
 # --- the recipe ----------------------------------------------------------------
 
 
+class InitSection(BaseModel):
+    """[init]: start the ASR decoder from a trained language model run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lm_run: str
+    freeze_epochs: Annotated[int, Field(ge=0)] = 1  # stage 1: transferred weights frozen
+    lr_scale: Annotated[float, Field(gt=0.0)] = 0.1  # stage 2: their learning-rate multiplier
+
+    @pydantic.field_validator("lm_run")
+    @classmethod
+    def _is_run(cls, value: str) -> str:
+        if not (Path(value) / "recipe.toml").exists():
+            raise ValueError(f"{value!r} is not a trained run directory (no recipe.toml); train it with speechforge run first")
+        return value
+
+
+class StageSection(BaseModel):
+    """One [[stages]] entry of progressive training; unset keys keep the recipe's values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    epochs: Annotated[int, Field(ge=1)] | None = None
+    steps: Annotated[int, Field(ge=1)] | None = None
+    encoder_layers: Annotated[int, Field(ge=1)] | None = None
+    decoder_layers: Annotated[int, Field(ge=1)] | None = None
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    specaugment: bool | None = None
+    data_fraction: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    max_seconds: Annotated[float, Field(gt=0.0)] | None = None
+    new_layers: Literal["copy", "fresh"] = "copy"
+    freeze_earlier: bool = False
+    freeze: list[str] = []
+
+    @pydantic.model_validator(mode="after")
+    def _one_length(self) -> "StageSection":
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError("give a stage its length as either epochs or steps (exactly one)")
+        return self
+
+
 class Recipe(BaseModel):
     """The whole experiment, section for section as in the TOML file."""
 
@@ -271,6 +314,8 @@ class Recipe(BaseModel):
     trainer: Spec | None = None
     decode: Spec | None = None
     generate: Spec | None = None
+    init: InitSection | None = None
+    stages: list[StageSection] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"task": self.task, "seed": self.seed}
@@ -280,6 +325,10 @@ class Recipe(BaseModel):
             spec = getattr(self, key)
             if spec is not None:
                 out[key] = spec.to_dict()
+        if self.init is not None:
+            out["init"] = self.init.model_dump(exclude_none=True)
+        if self.stages:
+            out["stages"] = [stage.model_dump(exclude_none=True) for stage in self.stages]
         return out
 
 
@@ -301,7 +350,7 @@ TASKS = {
     "asr": (_COMMON + ("decode",), ()),
     "lm": (_COMMON, ("generate",)),
 }
-_PLAIN_KEYS = {"task", "seed", "run_dir"}
+_PLAIN_KEYS = {"task", "seed", "run_dir", "init", "stages"}
 
 
 def parse_value(text: str) -> Any:
@@ -385,10 +434,23 @@ def validate(raw: dict[str, Any]) -> Recipe:
         Recipe.model_validate(plain)
     except pydantic.ValidationError as err:
         for e in err.errors():
-            problems.append((".".join(str(p) for p in e["loc"]), _reason(e, list(_PLAIN_KEYS))))
+            where = ""
+            for part in e["loc"]:
+                where = _join(where, part)
+            problems.append((where, _reason(e, _allowed_at(e["loc"]))))
+    if task != "asr":
+        problems += [(key, f"only asr recipes have [{key}]") for key in ("init", "stages") if key in raw]
     if problems:
         raise RecipeError(problems)
-    return Recipe(**plain, **specs)
+    return Recipe.model_validate({**plain, **specs})
+
+
+def _allowed_at(loc: tuple) -> list[str]:
+    if loc and loc[0] == "init":
+        return list(InitSection.model_fields)
+    if loc and loc[0] == "stages":
+        return list(StageSection.model_fields)
+    return sorted(_PLAIN_KEYS)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from speechforge import registry
 from speechforge.decode.greedy import greedy_search
 from speechforge.decode.outputs import decode_batches, gather_records, score
 from speechforge.train import checkpoint
+from speechforge.train.stages import apply_stage, fallback_stage
 
 Log = Callable[[str], None]
 
@@ -69,7 +70,7 @@ class AccelerateTrainer:
 
     def fit(self, exp, loss_fn, optimizer, schedule, log: Log = print, progress: bool = True) -> dict[str, Any]:
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 
         cfg = self.cfg
         run_dir: Path = exp.run_dir
@@ -78,7 +79,10 @@ class AccelerateTrainer:
         if cfg["deterministic"]:
             torch.use_deterministic_algorithms(True)
         set_seed(seed)
+        staged = bool(exp.recipe.stages) or exp.recipe.init is not None
         acc = Accelerator(
+            # stages change which parameters get gradients: DDP must be told to expect that
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if staged else None,
             mixed_precision=cfg["mixed_precision"],
             gradient_accumulation_steps=cfg["grad_accum_steps"],
             cpu=cfg["cpu"],
@@ -91,7 +95,6 @@ class AccelerateTrainer:
         # Our sampler shards each global batch across processes itself (see shard_batch),
         # so the loaders are not handed to prepare(), which would shard them again.
         shard = {"num_replicas": acc.num_processes, "rank": acc.process_index}
-        train_loader, sampler = exp.loader("train", train=True, seed=seed, **shard)
         dev_loader = exp.loader("dev", **shard)[0] if exp.corpus.has("dev") else None
         model, optimizer = acc.prepare(model, optimizer)
         if cfg["compile"]:
@@ -99,7 +102,9 @@ class AccelerateTrainer:
         recipe_text = (run_dir / "recipe.toml").read_text()
 
         epoch, start_batch, step, best = 0, 0, 0, math.inf
-        counters = {"nonfinite_skips": 0}
+        counters = {"nonfinite_skips": 0, "stage": 0, "stage_epoch0": 0, "stage_step0": 0}
+        stages = list(exp.recipe.stages or [fallback_stage(cfg["epochs"])])
+        core = exp.model  # the unwrapped model, whose stacks stages grow
         last = checkpoint.latest(ckpt_dir)
         if last is not None:
             state = checkpoint.load(last)
@@ -111,9 +116,12 @@ class AccelerateTrainer:
             checkpoint.set_rng_state(state["rng"])
             epoch, start_batch, step, best = state["epoch"], state["batch_in_epoch"], state["step"], state["best_cer"]
             counters = dict(state.get("counters", counters))
+            core.encoder.num_active = counters.get("encoder_active", core.encoder.num_active)
+            core.decoder.stack.num_active = counters.get("decoder_active", core.decoder.stack.num_active)
             log(f"resumed from {last} (epoch {epoch + 1}, batch {start_batch}, step {step})")
 
-        epochs, max_steps = cfg["epochs"], cfg["max_steps"]
+        max_steps = cfg["max_steps"]
+        epochs = sum(st.epochs or 1 for st in stages)  # for display; stages decide the end
         metrics_path = run_dir / "metrics.jsonl"
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         consecutive_bad = 0
@@ -128,6 +136,8 @@ class AccelerateTrainer:
                 acc.log(scalars, step=record["step"])
 
         def save(epoch_: int, batch_: int) -> None:
+            counters["encoder_active"] = core.encoder.num_active
+            counters["decoder_active"] = core.decoder.stack.num_active
             if acc.is_main_process:
                 state = self._state(acc, model, optimizer, schedule, epoch_, batch_, step, best, recipe_text, counters)
                 checkpoint.save_atomic(state, ckpt_dir / f"ckpt-{step:08d}.pt")
@@ -135,7 +145,23 @@ class AccelerateTrainer:
             acc.wait_for_everyone()
 
         try:
-            while epoch < epochs and (max_steps is None or step < max_steps):
+            augment_on = [True]
+            current_stage = None
+            while counters["stage"] < len(stages) and (max_steps is None or step < max_steps):
+                stage = stages[counters["stage"]]
+                frozen_names = set(exp.transferred) if exp.recipe.init and epoch < exp.recipe.init.freeze_epochs else set()
+                info = apply_stage(core, stage, loss_fn, augment_on, frozen_names)
+                if current_stage != counters["stage"]:
+                    current_stage = counters["stage"]
+                    train_loader, sampler = exp.loader("train", train=True, seed=seed, fraction=stage.data_fraction,
+                                                       max_seconds=stage.max_seconds, **shard)
+                    if len(stages) > 1 or frozen_names:
+                        log(f"stage {current_stage + 1}/{len(stages)} ({stage.name or 'unnamed'}) from epoch "
+                            f"{epoch + 1}, step {step}: {info['encoder_layers']} encoder / {info['decoder_layers']} "
+                            f"decoder layers active, new {info['new_encoder_layers']}/{info['new_decoder_layers']}, "
+                            f"{info['frozen_parameters']:,} parameters frozen, {len(sampler.lengths)} utterances")
+                        write_metrics({"step": step, "epoch": epoch + 1, "stage_start": current_stage + 1, **{
+                            k: v for k, v in info.items() if not isinstance(v, list)}})
                 sampler.resume_at(epoch, start_batch)
                 model.train()
                 t0, frames, losses_sum, n_batches = time.time(), 0, 0.0, 0
@@ -146,7 +172,7 @@ class AccelerateTrainer:
                     batch_index += 1
                     with acc.accumulate(model):
                         feats = batch.feats
-                        for aug in exp.augment:
+                        for aug in exp.augment if augment_on[0] else ():
                             feats = aug(feats, batch.feat_lens)
                         out = model(feats, batch.feat_lens, batch.tokens_in)
                         parts = loss_fn(out, batch.tokens_out, batch.token_lens)
@@ -208,9 +234,13 @@ class AccelerateTrainer:
                         raise TrainingInterrupted(signal.Signals(self._stop_signal).name)
                     if max_steps is not None and step >= max_steps:
                         break
+                    if stage.steps is not None and step - counters["stage_step0"] >= stage.steps:
+                        break
                 if bar is not None:
                     bar.close()
-                epoch_done = max_steps is None or step < max_steps or batch_index >= len(sampler.batches())
+                stage_over = (stage.steps is not None and step - counters["stage_step0"] >= stage.steps) or (
+                    stage.epochs is not None and epoch + 1 - counters["stage_epoch0"] >= stage.epochs)
+                epoch_done = stage_over or max_steps is None or step < max_steps or batch_index >= len(sampler.batches())
                 elapsed = time.time() - t0
                 record: dict[str, Any] = {
                     "epoch": epoch + 1, "step": step,
@@ -235,6 +265,8 @@ class AccelerateTrainer:
                     epoch, start_batch = epoch + 1, 0
                 else:
                     start_batch = batch_index
+                if stage_over and epoch_done:
+                    counters.update(stage=counters["stage"] + 1, stage_epoch0=epoch, stage_step0=step)
                 save(epoch, start_batch)
         finally:
             for s, h in old_handlers.items():
