@@ -1,0 +1,72 @@
+"""The decoder-only language model: the ASR decoder without cross-attention.
+
+Its one submodule is a ``TokenDecoder`` named ``decoder``, so every parameter name
+(``decoder.embed.weight``, ``decoder.stack.layers.0.self_attn.q_proj.weight``, ...)
+is the one the ASR model's decoder uses: that is what lets LM weights initialise an
+ASR decoder (``speechforge.lm.transfer``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from speechforge import registry
+from speechforge.model.transformer import TokenDecoder
+from speechforge.recipe import Runtime, Spec, Sub
+
+
+@dataclass
+class LMState:
+    """Per-layer self-attention caches and the position of the next token."""
+
+    caches: list[dict[str, torch.Tensor]]
+    offset: int = 0
+
+    def select(self, index: torch.Tensor) -> "LMState":
+        """Reorder or repeat along the batch (beam search keeps the surviving hypotheses)."""
+        return LMState([{k: v.index_select(0, index) for k, v in c.items()} for c in self.caches], self.offset)
+
+
+class TransformerLM(nn.Module):
+    def __init__(self, stack: nn.Module, vocab_size: int, d_model: int, dropout: float, tie_embeddings: bool):
+        super().__init__()
+        self.decoder = TokenDecoder(stack, vocab_size, d_model, dropout, tie_embeddings)
+        self.vocab_size = vocab_size
+
+    def forward(self, tokens_in: torch.Tensor) -> torch.Tensor:
+        """(B, U) <sos>-shifted tokens -> (B, U, V) next-token logits.
+
+        Right padding needs no mask: under the causal mask a real position never sees
+        the padding after it, and the loss ignores the padded positions."""
+        logits, _ = self.decoder(tokens_in)
+        return logits
+
+    def init_state(self, batch: int) -> LMState:
+        # the caches fill on the first step; ``batch`` is implied by the tokens fed
+        return LMState([{} for _ in range(self.decoder.stack.num_active)])
+
+    def step(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
+        """Feed the newest token (B,) (or a (B, U) prefix) and return the next-token
+        logits (B, V); only the new positions are computed, the caches grow in place."""
+        if tokens.dim() == 1:
+            tokens = tokens[:, None]
+        logits, _ = self.decoder(tokens, caches=state.caches, offset=state.offset)
+        state.offset += tokens.shape[1]
+        return logits[:, -1]
+
+
+@registry.models.register("transformer_lm")
+def transformer_lm(
+    vocab_size: Runtime[int],
+    decoder: Annotated[Spec, Sub("decoder_layers")] = {"name": "prenorm"},
+    d_model: Annotated[int, Field(ge=8)] = 256,
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1,
+    tie_embeddings: bool = True,
+) -> TransformerLM:
+    """Decoder-only pre-norm Transformer LM; its weights have the ASR decoder's names."""
+    return TransformerLM(decoder.build(d_model=d_model, cross=False), vocab_size, d_model, dropout, tie_embeddings)
