@@ -98,6 +98,11 @@ def cmd_run(args, log) -> int:
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
     run_dir = resolve_run_dir(recipe, args.recipe, args.run_dir)
+    if recipe.task == "lm":
+        from speechforge.lm import pipeline as lm_pipeline
+
+        print(lm_pipeline.lines(lm_pipeline.run(recipe, run_dir, log, progress=not args.quiet)))
+        return 0
     if args.resume and not (run_dir / "checkpoints").is_dir():
         raise RecipeError([("--resume", f"{run_dir} holds no checkpoint to resume from")])
     try:

@@ -149,11 +149,17 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
     return Experiment(recipe, run_dir, corpus, normalizer, tokenizer, model, augment, notes)
 
 
-def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: int | None) -> int:
+def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: int | None,
+                stages: list | None = None) -> int:
+    """Optimizer steps of the whole run, for schedules that need to know where it ends."""
     split = exp.corpus.split("train")
     lengths = [u.num_frames for u in split.utterances]
     sampler = BucketBatchSampler(lengths, exp.corpus.max_frames, exp.corpus.batch_size, exp.corpus.bucketed)
-    steps = epochs * math.ceil(len(sampler.batches()) / grad_accum_steps)
+    per_epoch = math.ceil(len(sampler.batches()) / grad_accum_steps)
+    if stages:
+        steps = sum(st.steps or math.ceil(st.epochs * per_epoch * (st.data_fraction or 1.0)) for st in stages)
+    else:
+        steps = epochs * per_epoch
     return min(steps, max_steps) if max_steps else steps
 
 

@@ -78,10 +78,14 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     log(f"model: {count_parameters(exp.model):,} parameters, vocabulary {exp.tokenizer.vocab_size}"
         + (" (resuming)" if resuming else ""))
 
+    optimizer_spec = recipe.optimizer
+    if recipe.init is not None:
+        optimizer_spec = init_from_lm(exp, recipe, run_dir, log, state.is_main_process)
     trainer = recipe.trainer.build()
     loss_fn = recipe.loss.build()
-    optimizer = recipe.optimizer.build(model=exp.model)
-    steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"], trainer.cfg["max_steps"])
+    optimizer = optimizer_spec.build(model=exp.model)
+    steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"], trainer.cfg["max_steps"],
+                                   recipe.stages)
     schedule = recipe.scheduler.build(total_steps=steps).attach(optimizer)
     summary = trainer.fit(exp, loss_fn, optimizer, schedule, log=log, progress=progress)
 
@@ -96,6 +100,31 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
 
 def _silent(msg: str) -> None:
     pass
+
+
+def init_from_lm(exp, recipe: Recipe, run_dir: Path, log: Log, main: bool):
+    """Copy a trained LM into the decoder; return the optimizer spec with the transferred
+    weights' learning-rate multiplier (they are frozen for init.freeze_epochs first)."""
+    import re
+    from dataclasses import replace
+
+    from speechforge.lm.transfer import TransferError, transfer_decoder
+
+    try:
+        report = transfer_decoder(exp.model, recipe.init.lm_run, exp.tokenizer)
+    except TransferError as err:
+        raise RecipeError([("init.lm_run", str(err))]) from None
+    exp.transferred = list(report.transferred)
+    log(str(report))
+    frozen = sum(p.numel() for n, p in exp.model.named_parameters() if n in set(report.transferred))
+    log(f"init: {frozen:,} parameters frozen for the first {recipe.init.freeze_epochs} epoch(s), "
+        f"then trained at {recipe.init.lr_scale} x the learning rate")
+    if main:
+        (run_dir / "transfer.json").write_text(json.dumps({**report.as_dict(), "frozen_parameters": frozen}, indent=2))
+    spec = recipe.optimizer
+    multipliers = {f"^{re.escape(name)}$": recipe.init.lr_scale for name in report.transferred}
+    multipliers.update(spec.args.get("lr_multipliers", {}))
+    return replace(spec, args={**spec.args, "lr_multipliers": multipliers})
 
 
 def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("dev", "test")) -> dict[str, Any]:
