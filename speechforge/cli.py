@@ -46,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     _add_set(p)
     p.add_argument("--split", action="append", choices=["dev", "test"], help="split(s) to decode (default both)")
+    p.add_argument("--weights", choices=["best", "last", "averaged"], default="best")
 
     p = sub.add_parser("transcribe", help="transcribe audio or feature files with a trained run")
     p.add_argument("run_dir", type=Path)
@@ -57,6 +58,17 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a self-contained HTML report of a run")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, default=None)
+
+    p = sub.add_parser("average", help="average the last or best N checkpoints of a run into averaged.pt")
+    p.add_argument("run_dir", type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--last", type=int, metavar="N")
+    group.add_argument("--best", type=int, metavar="N", help="by dev CER (the run keeps trainer.keep_best of them)")
+
+    p = sub.add_parser("plot-lr", help="draw a recipe's learning-rate schedule to a PNG, before any training")
+    p.add_argument("recipe", type=Path)
+    _add_set(p)
+    p.add_argument("--out", type=Path, default=Path("lr.png"))
 
     p = sub.add_parser("runs", help="list runs with their best dev CER")
     p.add_argument("root", type=Path, nargs="?", default=Path("runs"))
@@ -163,7 +175,7 @@ def cmd_registry(args, log) -> int:
 def cmd_decode(args, log) -> int:
     from speechforge import pipeline
 
-    results = pipeline.decode_run(args.run_dir, args.overrides, log, tuple(args.split or ("dev", "test")))
+    results = pipeline.decode_run(args.run_dir, args.overrides, log, tuple(args.split or ("dev", "test")), args.weights)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -199,6 +211,45 @@ def cmd_report(args, log) -> int:
     return 0
 
 
+def cmd_average(args, log) -> int:
+    from speechforge.train import checkpoint
+
+    if args.last is not None:
+        paths = [p for _, p in checkpoint.checkpoints(args.run_dir / "checkpoints")][-args.last :]
+    else:
+        paths = checkpoint.best_checkpoints(args.run_dir / "best", args.best)
+    if not paths:
+        raise DataError("no checkpoints to average", args.run_dir)
+    checkpoint.save_atomic({"model": checkpoint.average_state_dicts(paths), "averaged": [str(p) for p in paths]},
+                           args.run_dir / "averaged.pt")
+    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {args.run_dir / 'averaged.pt'}")
+    print(f"decode with it: speechforge decode {args.run_dir} --weights averaged")
+    return 0
+
+
+def cmd_plot_lr(args, log) -> int:
+    from speechforge import experiment, plots, recipe as recipe_mod
+
+    import torch
+
+    recipe = recipe_mod.load(args.recipe, args.overrides)
+    exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
+    trainer = recipe.trainer.build()
+    steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"],
+                                   trainer.cfg["max_steps"], recipe.stages)
+    optimizer = recipe.optimizer.build(model=torch.nn.Linear(1, 1))
+    schedule = recipe.scheduler.build(total_steps=steps).attach(optimizer)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        schedule.step()
+    note = " (plateau cuts depend on dev CER and are not drawn)" if recipe.scheduler.name == "plateau" else ""
+    plots.curves({recipe.scheduler.name: (list(range(1, steps + 1)), lrs)}, args.out,
+                 f"learning rate over {steps} steps{note}")
+    print(f"{args.out}: {recipe.scheduler.name}, {steps} steps, peak {max(lrs):.3g}, last {lrs[-1]:.3g}")
+    return 0
+
+
 def cmd_runs(args, log) -> int:
     from speechforge.report import list_runs
 
@@ -211,7 +262,7 @@ def cmd_runs(args, log) -> int:
     return 0
 
 
-COMMANDS = {"transcribe": cmd_transcribe, "report": cmd_report, "runs": cmd_runs, "run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
+COMMANDS = {"average": cmd_average, "plot-lr": cmd_plot_lr, "transcribe": cmd_transcribe, "report": cmd_report, "runs": cmd_runs, "run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -127,14 +127,15 @@ def init_from_lm(exp, recipe: Recipe, run_dir: Path, log: Log, main: bool):
     return replace(spec, args={**spec.args, "lr_multipliers": multipliers})
 
 
-def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("dev", "test")) -> dict[str, Any]:
+def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("dev", "test"),
+                  suffix: str = "") -> dict[str, Any]:
     from accelerate import PartialState
 
     state = PartialState()  # under `accelerate launch`, each process decodes its share
     decoder = recipe.decode.build()
     if hasattr(decoder, "bind"):
         decoder.bind(exp.tokenizer)
-    tag = decode_tag(recipe.decode.name, recipe.decode.args)
+    tag = decode_tag(recipe.decode.name, recipe.decode.args) + suffix
     folder = run_dir / "decode" / tag
     model.to(state.device)
     results = {}
@@ -157,10 +158,12 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("
     return results
 
 
-def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=("dev", "test")) -> dict[str, Any]:
+def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=("dev", "test"),
+               weights: str = "best") -> dict[str, Any]:
     """Decode with a trained run and any decoder the recipe or --set names; no training."""
-    trained = experiment.open_run(run_dir, overrides, need_data=True)
+    trained = experiment.open_run(run_dir, overrides, weights, need_data=True)
     exp = experiment.Experiment(
         trained.recipe, run_dir, trained.recipe.data.build(), trained.normalizer, trained.tokenizer, trained.model
     )
-    return decode_splits(trained.model, exp, trained.recipe, run_dir, log, splits)
+    return decode_splits(trained.model, exp, trained.recipe, run_dir, log, splits,
+                         suffix="" if weights == "best" else f"-{weights}")

@@ -64,6 +64,18 @@ def prune(directory: Path, keep_last: int) -> None:
         path.unlink(missing_ok=True)
 
 
+def keep_best(weights: dict[str, Any], directory: Path, keep: int) -> None:
+    """Keep the model weights of the ``keep`` validations with the lowest dev CER."""
+    save_atomic(weights, directory / f"step-{weights['step']:08d}.pt")
+    scored = sorted((load(p)["dev_cer"], p) for p in directory.glob("step-*.pt"))
+    for _, path in scored[keep:]:
+        path.unlink(missing_ok=True)
+
+
+def best_checkpoints(directory: Path, n: int) -> list[Path]:
+    return [p for _, p in sorted((load(p)["dev_cer"], p) for p in directory.glob("step-*.pt"))[:n]]
+
+
 def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
     """Element-wise mean of the model weights of several checkpoints."""
     total: dict[str, torch.Tensor] = {}

@@ -253,10 +253,13 @@ class AccelerateTrainer:
                         png = self.plot_attention(acc.unwrap_model(model), dev_loader, exp, acc.device, epoch + 1)
                         _log_image(acc, cfg["trackers"], "attention", png, step)
                     schedule.on_validation(record["dev_cer"])
-                    if record["dev_cer"] < best and acc.is_main_process:
-                        best = record["dev_cer"]
-                        checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step,
-                                                "dev_cer": best}, run_dir / "best.pt")
+                    if acc.is_main_process:
+                        weights = {"model": acc.unwrap_model(model).state_dict(), "step": step,
+                                   "dev_cer": record["dev_cer"]}
+                        if record["dev_cer"] < best:
+                            checkpoint.save_atomic(weights, run_dir / "best.pt")
+                        checkpoint.keep_best(weights, run_dir / "best", cfg["keep_best"])
+                    best = min(best, record["dev_cer"])
                 write_metrics(record)
                 history.append(record)
                 if acc.is_main_process:
@@ -412,6 +415,7 @@ def accelerate(
     log_every_steps: Annotated[int, Field(ge=1)] = 10,
     checkpoint_every_steps: Annotated[int, Field(ge=1)] | None = None,
     keep_last: Annotated[int, Field(ge=1)] = 3,
+    keep_best: Annotated[int, Field(ge=1)] = 3,
     validate_every_epochs: Annotated[int, Field(ge=1)] = 1,
     max_nonfinite: Annotated[int, Field(ge=1)] = 10,
     sample_transcripts: Annotated[int, Field(ge=0)] = 3,
