@@ -146,6 +146,17 @@ def cmd_check(args, log) -> int:
     from speechforge import experiment, recipe as recipe_mod
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
+    if recipe.task == "lm":
+        from speechforge.lm import pipeline as lm_pipeline
+
+        report = lm_pipeline.check(recipe)
+        for note in report["notes"]:
+            print(f"note: {note}")
+        print(f"parameters: {report['parameters']:,}")
+        print(f"vocabulary: {report['vocab_size']}")
+        print("resolved recipe:")
+        print(recipe_mod.dumps(recipe.to_dict()))
+        return 0
     exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
     recipe.loss.build()
     recipe.optimizer.build(model=exp.model)
@@ -233,6 +244,17 @@ def cmd_plot_lr(args, log) -> int:
     import torch
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
+    if recipe.task == "lm":
+        from speechforge.lm import pipeline as lm_pipeline
+
+        report = lm_pipeline.check(recipe)
+        for note in report["notes"]:
+            print(f"note: {note}")
+        print(f"parameters: {report['parameters']:,}")
+        print(f"vocabulary: {report['vocab_size']}")
+        print("resolved recipe:")
+        print(recipe_mod.dumps(recipe.to_dict()))
+        return 0
     exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
     trainer = recipe.trainer.build()
     steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"],
