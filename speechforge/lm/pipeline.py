@@ -112,6 +112,28 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     return summary
 
 
+def check(recipe: Recipe) -> dict[str, Any]:
+    """What `speechforge check` reports for an LM recipe: every component built, the
+    tokenizer fitted on the training text, nothing trained or written."""
+    corpus: TextCorpus = recipe.data.build()
+    notes = []
+    for role in ROLES:
+        if corpus.has(role) and corpus.split(role).skipped:
+            notes.append(f"data.{role}: {len(corpus.split(role).skipped)} bad file(s) would be skipped")
+    tokenizer = recipe.tokenizer.build()
+    try:
+        tokenizer.fit(corpus.texts("train"))
+    except TokenizerError as err:
+        notes.append(f"{err} (the model below is sized for the requested vocabulary)")
+    model = recipe.model.build(vocab_size=tokenizer.vocab_size)
+    recipe.loss.build()
+    recipe.scheduler.build(total_steps=1000).attach(recipe.optimizer.build(model=model))
+    recipe.trainer.build()
+    if recipe.generate is not None:
+        recipe.generate.build()
+    return {"parameters": count_parameters(model), "vocab_size": tokenizer.vocab_size, "notes": notes,
+            "data": {role: corpus.split(role).stats() for role in ROLES if corpus.has(role)}}
+
 def lines(summary: dict[str, Any]) -> str:
     """What the command line prints at the end of an LM run."""
     out = [f"run directory: {summary['run_dir']}"]

@@ -233,6 +233,14 @@ def test_a_rerun_resumes_from_the_checkpoint(lm_run, tmp_path, text_files):
     assert summary["epochs"] == 3 and summary["step"] == lm_run[1]["step"] * 3 // 2
 
 
+def test_check_builds_everything_and_reports_an_impossible_vocabulary(text_files):
+    from speechforge.lm.pipeline import check
+
+    info = check(tiny_recipe(text_files, tokenizer='name = "bpe"\nvocab_size = 5000'))
+    assert info["vocab_size"] == 5000 and "support at most" in info["notes"][0]
+    assert info["data"]["train"]["sentences"] == 40
+
+
 @pytest.mark.parametrize("name", ["lm_char", "lm_bpe1k"])
 def test_lm_recipes_validate(name):
     recipe = recipe_mod.load(REPO / "recipes" / f"{name}.toml", ["data.root=."])
