@@ -122,13 +122,12 @@ def copy_decoder_weights(asr_model: nn.Module, lm_state: dict[str, torch.Tensor]
 
 
 def _shape_message(name: str, lm_shape: torch.Size, asr_shape: torch.Size) -> str:
-    why = ""
     if name in ("decoder.embed.weight", "decoder.out.weight", "decoder.out.bias") and lm_shape[0] != asr_shape[0]:
-        why = (f": the vocabularies differ ({lm_shape[0]} tokens in the LM, {asr_shape[0]} in the ASR model); "
+        why = (f"the vocabularies differ ({lm_shape[0]} tokens in the LM, {asr_shape[0]} in the ASR model); "
                f"train the ASR model with the LM's tokenizer ([tokenizer] name = \"lm_run\", run_dir = the LM run)")
-    elif lm_shape[-1] != asr_shape[-1]:
-        why = ": the models differ in width (model.d_model or model.decoder.d_ff)"
-    return f"{name}: the LM has shape {tuple(lm_shape)}, the ASR model {tuple(asr_shape)}{why}"
+    else:
+        why = "the decoders differ in size; give both recipes the same model.d_model and model.decoder.d_ff"
+    return f"{name}: the LM has shape {tuple(lm_shape)}, the ASR model {tuple(asr_shape)}: {why}"
 
 
 def transfer_decoder(asr_model: nn.Module, lm_run_dir: str | Path, tokenizer: Tokenizer | None = None,

@@ -11,12 +11,12 @@ from speechforge.lm.scorer import transformer_lm as lm_scorer
 from speechforge.lm.transfer import TransferError, load_lm, lm_run as lm_run_tokenizer, transfer_decoder
 
 
-def asr_model(vocab_size: int, d_model: int = 32, num_layers: int = 2):
+def asr_model(vocab_size: int, d_model: int = 32, num_layers: int = 2, d_ff: int = 64):
     spec = recipe_mod.validate_component("models", {
         "name": "transformer_ctc", "d_model": d_model, "dropout": 0.0,
         "embedding": {"name": "conv2d", "time_reduction": 4, "channels": 4},
         "encoder": {"num_layers": 1, "num_heads": 2, "d_ff": 32},
-        "decoder": {"num_layers": num_layers, "num_heads": 2, "d_ff": 64},
+        "decoder": {"num_layers": num_layers, "num_heads": 2, "d_ff": d_ff},
     }, "model")
     return spec.build(vocab_size=vocab_size, input_dim=20)
 
@@ -50,6 +50,13 @@ def test_a_vocabulary_size_mismatch_names_the_tensor_and_copies_nothing(lm_run):
                                             r"the ASR model \(\d+, 32\): the vocabularies differ"):
         transfer_decoder(asr, lm_run[0])
     assert all(torch.equal(v, asr.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_feed_forward_width_mismatch_names_the_tensor(lm_run):
+    _, tokenizer = load_lm(lm_run[0])
+    with pytest.raises(TransferError, match=r"decoder\.stack\.layers\.0\.ffn\.0\.weight: the LM has shape \(64, 32\), "
+                                            r"the ASR model \(48, 32\): the decoders differ in size"):
+        transfer_decoder(asr_model(tokenizer.vocab_size, d_ff=48), lm_run[0])
 
 
 def test_a_same_size_but_different_vocabulary_is_refused(lm_run):
