@@ -15,7 +15,7 @@ import torch
 from speechforge import registry
 from speechforge.lm.model import LMState, TransformerLM
 from speechforge.lm.transfer import load_lm, vocabulary_mismatch
-from speechforge.recipe import Runtime
+from speechforge.recipe import RecipeError, Runtime
 
 
 class TransformerLMScorer:
@@ -45,11 +45,11 @@ def transformer_lm(
     """A Transformer LM trained with a task = "lm" recipe (its run directory); same tokenizer as the ASR run."""
     path = Path(run_dir)
     if not (path / "recipe.toml").exists():
-        raise FileNotFoundError(f"decode.lm.run_dir: {path} is not an LM run directory (no recipe.toml)")
+        raise RecipeError([("decode.lm.run_dir", f"{path} is not an LM run directory (no recipe.toml)")])
     model, lm_tokenizer = load_lm(path, weights)
     reason = vocabulary_mismatch(lm_tokenizer, tokenizer)
     if reason:
-        raise ValueError(f"decode.lm.run_dir: the LM in {path} was trained with another tokenizer ({reason}); "
-                         "fusion needs the ASR run's vocabulary: train the ASR model with "
-                         "[tokenizer] name = \"lm_run\", or the LM on a recipe with the ASR tokenizer")
+        raise RecipeError([("decode.lm.run_dir", f"the LM in {path} was trained with another tokenizer ({reason}); "
+                            "fusion needs the ASR run's vocabulary: train the ASR model with "
+                            "[tokenizer] name = \"lm_run\", or the LM on a recipe with the ASR tokenizer")])
     return TransformerLMScorer(model)

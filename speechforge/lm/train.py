@@ -86,7 +86,8 @@ class LMTrainer:
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             checkpoint.set_rng_state(state["rng"])
-            epoch, start_batch, step, best = state["epoch"], state["batch_in_epoch"], state["step"], state["best_val_ppl"]
+            epoch, start_batch = state["epoch"], state["batch_in_epoch"]
+            step, best = state["step"], state["best_val_ppl"]
             counters = dict(state.get("counters", counters))
             log(f"resumed from {last} (epoch {epoch + 1}, batch {start_batch}, step {step})")
 
@@ -138,7 +139,8 @@ class LMTrainer:
                             else:
                                 counters["nonfinite_skips"] += 1
                                 consecutive_bad += 1
-                                log(f"step {step + 1}: non-finite {'loss' if not finite else 'gradient'}; update skipped")
+                                what = "loss" if not finite else "gradient"
+                                log(f"step {step + 1}: non-finite {what}; update skipped")
                                 if consecutive_bad >= cfg["max_nonfinite"]:
                                     raise NonFiniteError(
                                         f"{consecutive_bad} consecutive non-finite updates: stopping. Lower "

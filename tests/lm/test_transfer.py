@@ -9,6 +9,7 @@ from speechforge import recipe as recipe_mod
 from speechforge.data.tokenizers import SOS, CharTokenizer, load_tokenizer
 from speechforge.lm.scorer import transformer_lm as lm_scorer
 from speechforge.lm.transfer import TransferError, load_lm, lm_run as lm_run_tokenizer, transfer_decoder
+from speechforge.recipe import RecipeError
 
 
 def asr_model(vocab_size: int, d_model: int = 32, num_layers: int = 2, d_ff: int = 64):
@@ -90,7 +91,7 @@ def test_fusion_scorer_matches_the_full_forward_after_reordering(lm_run):
 
 
 def test_fusion_with_another_tokenizer_is_refused_with_the_key(lm_run):
-    with pytest.raises(ValueError, match="decode.lm.run_dir: .* another tokenizer"):
+    with pytest.raises(RecipeError, match="decode.lm.run_dir: .* another tokenizer"):
         lm_scorer(tokenizer=CharTokenizer("xyz"), run_dir=str(lm_run[0]))
 
 
