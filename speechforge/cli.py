@@ -110,14 +110,14 @@ def cmd_run(args, log) -> int:
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
     run_dir = resolve_run_dir(recipe, args.recipe, args.run_dir)
-    if recipe.task == "lm":
-        from speechforge.lm import pipeline as lm_pipeline
-
-        print(lm_pipeline.lines(lm_pipeline.run(recipe, run_dir, log, progress=not args.quiet)))
-        return 0
     if args.resume and not (run_dir / "checkpoints").is_dir():
         raise RecipeError([("--resume", f"{run_dir} holds no checkpoint to resume from")])
     try:
+        if recipe.task == "lm":
+            from speechforge.lm import pipeline as lm_pipeline
+
+            print(lm_pipeline.lines(lm_pipeline.run(recipe, run_dir, log, progress=not args.quiet)))
+            return 0
         summary = pipeline.run(recipe, run_dir, log, progress=not args.quiet)
     except TrainingInterrupted as sig:
         print(f"stopped by {sig}; checkpoint saved. Resume with: speechforge run {args.recipe} --run-dir {run_dir}",
@@ -279,8 +279,11 @@ def cmd_runs(args, log) -> int:
     if not runs:
         print(f"no runs under {args.root}")
     for r in runs:
-        cer = "-" if r["best_dev_cer"] is None else f"{r['best_dev_cer']:.4f}"
-        print(f"{r['run_dir']:<50} best dev CER {cer:>7}  steps {r['steps'] or '-'}{'' if r['finished'] else '  (unfinished)'}")
+        if r["best_val_ppl"] is not None:
+            score = f"best val perplexity {r['best_val_ppl']:.3f}"
+        else:
+            score = "best dev CER " + ("-" if r["best_dev_cer"] is None else f"{r['best_dev_cer']:.4f}")
+        print(f"{r['run_dir']:<50} {score}  steps {r['steps'] or '-'}{'' if r['finished'] else '  (unfinished)'}")
     return 0
 
 

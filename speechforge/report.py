@@ -117,5 +117,6 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         dev = [m["dev_cer"] for m in read_metrics(run_dir) if "dev_cer" in m and m["dev_cer"] == m["dev_cer"]]
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
         runs.append({"run_dir": str(run_dir), "best_dev_cer": min(dev) if dev else None,
-                     "steps": summary.get("step"), "finished": bool(summary)})
+                     "best_val_ppl": summary.get("best_val_ppl"), "steps": summary.get("step"),
+                     "finished": bool(summary)})
     return runs
