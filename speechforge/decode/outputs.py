@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -22,6 +23,10 @@ def decode_batches(
     """One record per utterance: id, reference (or None), best hypothesis, n-best with scores."""
     records = []
     model.eval()
+    if sys.stderr.isatty() and hasattr(batches, "__len__"):
+        from tqdm import tqdm
+
+        batches = tqdm(batches, desc="decoding", leave=False, unit="batch")
     for batch in batches:
         batch = batch.to(device)
         enc_out, enc_lens = model.encode(batch.feats, batch.feat_lens)
