@@ -151,6 +151,10 @@ class AccelerateTrainer:
                 stage = stages[counters["stage"]]
                 frozen_names = set(exp.transferred) if exp.recipe.init and epoch < exp.recipe.init.freeze_epochs else set()
                 info = apply_stage(core, stage, loss_fn, augment_on, frozen_names)
+                if exp.recipe.init and epoch == exp.recipe.init.freeze_epochs and start_batch == 0:
+                    log(f"init: epoch {epoch + 1}: the {len(exp.transferred)} transferred tensors are unfrozen, at "
+                        f"{exp.recipe.init.lr_scale} x the learning rate; {info['frozen_parameters']:,} parameters frozen")
+                    write_metrics({"step": step, "epoch": epoch + 1, "init_unfrozen": len(exp.transferred)})
                 if current_stage != counters["stage"]:
                     current_stage = counters["stage"]
                     train_loader, sampler = exp.loader("train", train=True, seed=seed, fraction=stage.data_fraction,

@@ -119,3 +119,32 @@ def test_three_stage_run_logs_each_transition(tiny_recipe, tmp_path, capsys):
     assert [s["stage_start"] for s in starts] == [1, 2, 3]
     assert starts[1]["frozen_parameters"] > 0
     assert starts[1]["step"] + 2 == starts[2]["step"]  # the second stage lasted 2 steps
+
+
+def test_asr_decoder_starts_from_an_lm_frozen_then_unfrozen(tiny_recipe, tmp_path, capsys):
+    from tests.conftest import HW4P1, REPO
+
+    if not HW4P1.is_dir():
+        pytest.skip(f"the shared HW4P1 text is absent (expected {HW4P1})")
+    lm_recipe = tmp_path / "lm.toml"
+    lm_recipe.write_text((REPO / "recipes" / "lm_char.toml").read_text()
+                         .replace('root = "../shared/data/hw4_data_subset/hw4p1_data"', f'root = "{HW4P1}"'))
+    lm_dir = tmp_path / "lm"
+    assert main(["--quiet", "run", str(lm_recipe), "--run-dir", str(lm_dir), "--set", "trainer.max_steps=2",
+                 "--set", "model.decoder.num_layers=1"]) == 0
+    capsys.readouterr()
+    run_dir = tmp_path / "asr"
+    code = main(["run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", "tokenizer.name=lm_run",
+                 "--set", f"tokenizer.run_dir={lm_dir}", "--set", f"init.lm_run={lm_dir}",
+                 "--set", "init.freeze_epochs=1", "--set", "trainer.epochs=2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    report = json.loads((run_dir / "transfer.json").read_text())
+    assert "decoder.embed.weight" in report["transferred"]
+    assert all("cross_attn" in n or "norm2" in n for n in report["fresh"])
+    assert f"init: {report['frozen_parameters']:,} parameters frozen for the first 1 epoch(s)" in out
+    assert "init: epoch 2: the" in out and "transferred tensors are unfrozen" in out
+    # the LM's weights moved only once unfrozen, and then at a tenth of the learning rate
+    lm = torch.load(lm_dir / "best.pt", weights_only=True)["model"]
+    asr = torch.load(run_dir / "best.pt", weights_only=True)["model"]
+    assert not torch.equal(lm["decoder.stack.layers.0.ffn.0.weight"], asr["decoder.stack.layers.0.ffn.0.weight"])
