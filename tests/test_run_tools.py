@@ -100,9 +100,9 @@ def test_average_of_the_last_and_best_checkpoints(run_dir, capsys):
     assert any(p.name.endswith("-averaged") for p in (run_dir / "decode").iterdir())
 
 
-def test_plot_lr_draws_the_schedule_before_training(tmp_path, capsys):
+def test_plot_lr_draws_the_schedule_before_training(tmp_path, capsys, hw4p2_root):
     out = tmp_path / "lr.png"
     recipe = REPO / "recipes" / "char_tiny.toml"
-    assert main(["plot-lr", str(recipe), "--set", f"data.root={HW4P2}", "--out", str(out)]) == 0
+    assert main(["plot-lr", str(recipe), "--set", f"data.root={hw4p2_root}", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
     assert "warmup_cosine" in capsys.readouterr().out
