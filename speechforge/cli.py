@@ -144,31 +144,26 @@ def _summary_lines(summary: dict) -> str:
 
 def cmd_check(args, log) -> int:
     from speechforge import experiment, recipe as recipe_mod
+    from speechforge.model.transformer import count_parameters
 
     recipe = recipe_mod.load(args.recipe, args.overrides)
     if recipe.task == "lm":
         from speechforge.lm import pipeline as lm_pipeline
 
         report = lm_pipeline.check(recipe)
-        for note in report["notes"]:
-            print(f"note: {note}")
-        print(f"parameters: {report['parameters']:,}")
-        print(f"vocabulary: {report['vocab_size']}")
-        print("resolved recipe:")
-        print(recipe_mod.dumps(recipe.to_dict()))
-        return 0
-    exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
-    recipe.loss.build()
-    recipe.optimizer.build(model=exp.model)
-    recipe.scheduler.build(total_steps=1000)
-    recipe.trainer.build()
-    recipe.decode.build()
-    from speechforge.model.transformer import count_parameters
-
-    for note in exp.notes:
+        notes, params, vocab = report["notes"], report["parameters"], report["vocab_size"]
+    else:
+        exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
+        recipe.loss.build()
+        recipe.optimizer.build(model=exp.model)
+        recipe.scheduler.build(total_steps=1000)
+        recipe.trainer.build()
+        recipe.decode.build()
+        notes, params, vocab = exp.notes, count_parameters(exp.model), exp.tokenizer.vocab_size
+    for note in notes:
         print(f"note: {note}")
-    print(f"parameters: {count_parameters(exp.model):,}")
-    print(f"vocabulary: {exp.tokenizer.vocab_size}")
+    print(f"parameters: {params:,}")
+    print(f"vocabulary: {vocab}")
     print("resolved recipe:")
     print(recipe_mod.dumps(recipe.to_dict()))
     return 0
