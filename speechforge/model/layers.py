@@ -29,12 +29,22 @@ class FeedForward(nn.Sequential):
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention and feed-forward, each as x + dropout(f(norm(x)))."""
+    """Self-attention and feed-forward, each as x + dropout(f(norm(x))). ``attention_dropout``
+    drops attention probabilities (None: the same as ``dropout``)."""
 
-    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, activation: str = "relu"):
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float,
+        activation: str = "relu",
+        attention_dropout: float | None = None,
+    ):
         super().__init__()
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ff, dropout, activation)
         self.dropout = nn.Dropout(dropout)
@@ -50,14 +60,22 @@ class DecoderLayer(nn.Module):
     feed-forward. ``cache`` holds this layer's past keys/values for step-by-step decoding."""
 
     def __init__(
-        self, d_model: int, num_heads: int, d_ff: int, dropout: float, activation: str = "relu", cross: bool = True
+        self,
+        d_model: int,
+        num_heads: int,
+        d_ff: int,
+        dropout: float,
+        activation: str = "relu",
+        cross: bool = True,
+        attention_dropout: float | None = None,
     ):
         super().__init__()
+        attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
         if cross:
             self.norm2 = nn.LayerNorm(d_model)
-            self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)
+            self.cross_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
         self.cross = cross
         self.norm3 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, d_ff, dropout, activation)
@@ -146,11 +164,18 @@ def prenorm_encoder(
     num_heads: Annotated[int, Field(ge=1)] = 4,
     d_ff: Annotated[int, Field(ge=1)] = 1024,
     dropout: Probability = 0.1,
+    attention_dropout: Probability | None = None,
     layer_drop: Probability = 0.0,
     activation: Activation = "relu",
 ) -> EncoderStack:
-    """Pre-norm self-attention encoder layers with a final LayerNorm."""
-    layers = [EncoderLayer(d_model, num_heads, d_ff, dropout, activation) for _ in range(num_layers)]
+    """Pre-norm self-attention encoder layers with a final LayerNorm.
+
+    ``attention_dropout`` (None: ``dropout``) drops attention probabilities. At 0 the
+    attention runs in SDPA's fused kernels while training too: PyTorch's CPU flash kernel
+    takes no dropout. ESPnet's Transformer encoder defaults it to 0."""
+    layers = [
+        EncoderLayer(d_model, num_heads, d_ff, dropout, activation, attention_dropout) for _ in range(num_layers)
+    ]
     return EncoderStack(layers, d_model, layer_drop)
 
 
@@ -162,9 +187,14 @@ def prenorm_decoder(
     num_heads: Annotated[int, Field(ge=1)] = 4,
     d_ff: Annotated[int, Field(ge=1)] = 1024,
     dropout: Probability = 0.1,
+    attention_dropout: Probability | None = None,
     layer_drop: Probability = 0.0,
     activation: Activation = "relu",
 ) -> DecoderStack:
-    """Pre-norm decoder layers: causal self-attention, cross-attention, feed-forward."""
-    layers = [DecoderLayer(d_model, num_heads, d_ff, dropout, activation, cross) for _ in range(num_layers)]
+    """Pre-norm decoder layers: causal self-attention, cross-attention, feed-forward.
+    ``attention_dropout`` as in the encoder."""
+    layers = [
+        DecoderLayer(d_model, num_heads, d_ff, dropout, activation, cross, attention_dropout)
+        for _ in range(num_layers)
+    ]
     return DecoderStack(layers, d_model, layer_drop)

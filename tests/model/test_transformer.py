@@ -70,3 +70,26 @@ def test_without_ctc_head_there_are_no_ctc_outputs():
     model = build(ctc=False)
     out = model(torch.randn(1, 40, 20), torch.tensor([40]), torch.tensor([[2, 5]]))
     assert "ctc_log_probs" not in out and model.ctc_head is None
+
+
+def test_attention_dropout_is_its_own_knob_and_defaults_to_dropout():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 16)
+
+    def two_training_passes(**args):
+        stack = validate_component("encoder_layers", {"name": "prenorm", "num_layers": 1, **args}, "enc")
+        stack = stack.build(d_model=16).train()
+        return stack(x, None), stack(x, None)
+
+    # only attention dropout: training passes differ; without it they are equal
+    a, b = two_training_passes(dropout=0.0, attention_dropout=0.5)
+    assert not torch.allclose(a, b)
+    a, b = two_training_passes(dropout=0.0)
+    assert torch.equal(a, b)
+    # unset, it follows dropout; set, it overrides dropout in both stacks
+    enc = validate_component("encoder_layers", {"name": "prenorm", "dropout": 0.2}, "enc").build(d_model=16)
+    dec = validate_component(
+        "decoder_layers", {"name": "prenorm", "dropout": 0.2, "attention_dropout": 0.0}, "dec"
+    ).build(d_model=16)
+    assert {layer.self_attn.dropout for layer in enc.layers} == {0.2}
+    assert {m.dropout for layer in dec.layers for m in (layer.self_attn, layer.cross_attn)} == {0.0}
