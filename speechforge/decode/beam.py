@@ -27,7 +27,6 @@ from speechforge.decode.ctc import CTCPrefixScorer
 # imported for its registration too: the lm_scorers a beam recipe can name live there
 from speechforge.decode.lm_fusion import LMScorer
 from speechforge.decode.search import NEG_INF, Hypothesis, max_lengths, min_lengths
-from speechforge.model.transformer import DecoderState
 from speechforge.recipe import RecipeError, Spec, Sub
 
 PRE_BEAM_RATIO = 1.5  # ESPnet's pre-beam: CTC scores the 1.5 x beam best attention candidates
@@ -60,17 +59,6 @@ def best_reachable(live: torch.Tensor, length: int, caps: torch.Tensor, length_b
         return bound
     # s / lp(L) is largest at the shortest length when s > 0, at the longest when s <= 0
     return torch.where(bound > 0, length_norm(bound, length, length_penalty), length_norm(bound, caps, length_penalty))
-
-
-def reorder_beams(state, index: torch.Tensor, utterances_left: bool):
-    """The decoder state of the surviving hypotheses. The beams of one utterance share its
-    encoder memory, so while no utterance has left the batch only the self-attention
-    caches move: copying the cross-attention keys/values of every beam each step (K x T x
-    D per layer) would cost more than the decoder step itself."""
-    if utterances_left or not isinstance(state, DecoderState):
-        return state.select(index)
-    caches = [{name: cache.index_select(0, index) for name, cache in layer.items()} for layer in state.caches]
-    return DecoderState(caches, state.memory_kv, state.memory_valid, state.offset)
 
 
 @torch.no_grad()
@@ -119,7 +107,8 @@ def beam_search(
     use_lm = lm is not None and lm_weight > 0
     rows = torch.arange(b, device=dev).repeat_interleave(k)  # row -> utterance
 
-    state = model.init_state(enc_out, enc_lens).select(rows) if use_att else None
+    # the beams of an utterance share its encoder memory (one copy, not K)
+    state = model.init_state(enc_out, enc_lens, beams=k) if use_att else None
     ctc = ctc_state = None
     if ctc_weight > 0:
         ctc = CTCPrefixScorer(model.ctc_log_probs(enc_out), enc_lens)
@@ -204,7 +193,7 @@ def beam_search(
         active, score = active[keep], score[keep]
         history = grown[keep].reshape(-1, grown.shape[2])
         if use_att:
-            state = reorder_beams(state, index, utterances_left=bool(done.any()))
+            state = state.select(index, keep.nonzero().squeeze(1) if bool(done.any()) else None)
         if ctc is not None:
             ctc_state = ctc.extend(ctc_state, index, last)
         if use_lm:

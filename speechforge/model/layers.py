@@ -100,12 +100,33 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(sa)
         cross_weights = None
         if self.cross:
-            ca, cross_weights = self.cross_attn(
-                self.norm2(x), kv=memory_kv, key_valid=memory_valid, need_weights=need_weights
-            )
+            ca, cross_weights = self.cross_attend(self.norm2(x), memory_kv, memory_valid, need_weights)
             x = x + self.dropout(ca)
         x = x + self.dropout(self.ffn(self.norm3(x)))
         return x, {"self": self_weights, "cross": cross_weights}
+
+
+    def cross_attend(
+        self,
+        x: torch.Tensor,  # (N, U, D)
+        memory_kv: tuple[torch.Tensor, torch.Tensor],  # (B, H, S, Dh), B dividing N
+        memory_valid: torch.Tensor | None,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-attention where N / B consecutive rows of x (the beams of one utterance)
+        share a memory row: their queries go in as one longer query, so the memory is
+        neither copied per beam nor read once per beam."""
+        n, length, d = x.shape
+        b = memory_kv[0].shape[0]
+        if b == n:
+            return self.cross_attn(x, kv=memory_kv, key_valid=memory_valid, need_weights=need_weights)
+        out, weights = self.cross_attn(
+            x.reshape(b, -1, d), kv=memory_kv, key_valid=memory_valid, need_weights=need_weights
+        )
+        if weights is not None:  # (B, H, beams x U, S) -> (N, H, U, S)
+            h, s = weights.shape[1], weights.shape[-1]
+            weights = weights.view(b, h, n // b, length, s).transpose(1, 2).reshape(n, h, length, s)
+        return out.reshape(n, length, d), weights
 
 
 class Stack(nn.Module):

@@ -19,20 +19,34 @@ from speechforge.recipe import Runtime, Spec, Sub
 @dataclass
 class DecoderState:
     """What step-by-step decoding carries: per-layer self-attention caches, the
-    cross-attention keys/values computed once per utterance, and the position."""
+    cross-attention keys/values computed once per utterance, and the position.
+
+    ``beams`` hypotheses in a row share one memory row (beam search): the memory is
+    held once per utterance, not once per hypothesis, and cross-attention takes the
+    queries of an utterance's beams together."""
 
     caches: list[dict[str, torch.Tensor]]
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
     memory_valid: torch.Tensor  # (B, S)
     offset: int = 0
+    beams: int = 1
 
-    def select(self, index: torch.Tensor) -> "DecoderState":
-        """Reorder or repeat along the batch (beam search keeps the surviving hypotheses)."""
+    def select(self, index: torch.Tensor, memory_index: torch.Tensor | None = None) -> "DecoderState":
+        """Reorder or repeat the hypotheses along the batch. With one hypothesis per memory
+        row the memory follows ``index``; shared memory rows follow ``memory_index``
+        (the utterances that remain; None: all of them)."""
+        if self.beams == 1:
+            memory_index = index
+        memory_kv, memory_valid = self.memory_kv, self.memory_valid
+        if memory_index is not None:
+            memory_kv = [(k.index_select(0, memory_index), v.index_select(0, memory_index)) for k, v in memory_kv]
+            memory_valid = memory_valid.index_select(0, memory_index)
         return DecoderState(
             caches=[{k: v.index_select(0, index) for k, v in c.items()} for c in self.caches],
-            memory_kv=[(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv],
-            memory_valid=self.memory_valid.index_select(0, index),
+            memory_kv=memory_kv,
+            memory_valid=memory_valid,
             offset=self.offset,
+            beams=self.beams,
         )
 
 
@@ -122,12 +136,15 @@ class TransformerCTC(nn.Module):
             out["ctc_log_probs"] = self.ctc_log_probs(enc_out)
         return out
 
-    def init_state(self, enc_out: torch.Tensor, enc_lens: torch.Tensor) -> DecoderState:
+    def init_state(self, enc_out: torch.Tensor, enc_lens: torch.Tensor, beams: int = 1) -> DecoderState:
+        """The state before the first step; ``beams`` hypotheses per utterance, in
+        consecutive rows, all starting from <sos>."""
         stack = self.decoder.stack
         return DecoderState(
             caches=[{} for _ in range(stack.num_active)],
             memory_kv=self.memory(enc_out),
             memory_valid=padding_mask(enc_lens, enc_out.shape[1]),
+            beams=beams,
         )
 
     def step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:

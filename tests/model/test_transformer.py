@@ -93,3 +93,30 @@ def test_attention_dropout_is_its_own_knob_and_defaults_to_dropout():
     ).build(d_model=16)
     assert {layer.self_attn.dropout for layer in enc.layers} == {0.2}
     assert {m.dropout for layer in dec.layers for m in (layer.self_attn, layer.cross_attn)} == {0.0}
+
+
+def test_beams_sharing_one_memory_row_match_a_memory_copied_per_beam():
+    model = build()
+    feats, lens = torch.randn(2, 60, 20), torch.tensor([60, 44])
+    with torch.no_grad():
+        enc_out, enc_lens = model.encode(feats, lens)
+        rows = torch.tensor([0, 0, 0, 1, 1, 1])  # three beams per utterance
+        shared = model.init_state(enc_out, enc_lens, beams=3)
+        copied = model.init_state(enc_out, enc_lens).select(rows)
+        tokens = torch.tensor([2, 5, 6, 2, 7, 8])
+        # beams swap parents, then utterance 0 leaves the batch
+        moves = [(torch.tensor([1, 0, 0, 5, 3, 4]), None), (torch.tensor([3, 4, 5]), torch.tensor([1])), None]
+        for move in moves:
+            torch.testing.assert_close(model.step(tokens, shared), model.step(tokens, copied))
+            if move is not None:
+                index, keep = move
+                shared, copied = shared.select(index, keep), copied.select(index)
+                tokens = tokens.index_select(0, index) + 1
+        layer = model.decoder.stack.layers[0]
+        x = torch.randn(6, 2, 32)
+        valid = model.init_state(enc_out, enc_lens).memory_valid  # utterance 1 padded
+        out_s, w_s = layer.cross_attend(x, model.memory(enc_out)[0], valid, True)
+        kv = [t.index_select(0, rows) for t in model.memory(enc_out)[0]]
+        out_c, w_c = layer.cross_attend(x, kv, valid.index_select(0, rows), True)
+    torch.testing.assert_close(out_s, out_c)
+    torch.testing.assert_close(w_s, w_c)
