@@ -6,6 +6,7 @@ trains without the learning-rate warm-up gymnastics post-norm needs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
@@ -28,26 +29,35 @@ class FeedForward(nn.Sequential):
         )
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention and feed-forward, each as x + dropout(f(norm(x))). ``attention_dropout``
-    drops attention probabilities (None: the same as ``dropout``)."""
+@dataclass(frozen=True)
+class LayerShape:
+    """What the layers of a stack share: sizes, activation, dropout rates."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float,
-        activation: str = "relu",
-        attention_dropout: float | None = None,
-    ):
+    d_model: int
+    num_heads: int
+    d_ff: int
+    dropout: float
+    activation: str = "relu"
+    attention_dropout: float | None = None  # on attention probabilities; None: ``dropout``
+
+    def attention(self) -> MultiHeadAttention:
+        rate = self.dropout if self.attention_dropout is None else self.attention_dropout
+        return MultiHeadAttention(self.d_model, self.num_heads, rate)
+
+    def feed_forward(self) -> FeedForward:
+        return FeedForward(self.d_model, self.d_ff, self.dropout, self.activation)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention and feed-forward, each as x + dropout(f(norm(x)))."""
+
+    def __init__(self, shape: LayerShape):
         super().__init__()
-        attention_dropout = dropout if attention_dropout is None else attention_dropout
-        self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, d_ff, dropout, activation)
-        self.dropout = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(shape.d_model)
+        self.self_attn = shape.attention()
+        self.norm2 = nn.LayerNorm(shape.d_model)
+        self.ffn = shape.feed_forward()
+        self.dropout = nn.Dropout(shape.dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         h = self.norm1(x)
@@ -59,27 +69,17 @@ class DecoderLayer(nn.Module):
     """Causal self-attention, cross-attention to the encoder (absent in a language model),
     feed-forward. ``cache`` holds this layer's past keys/values for step-by-step decoding."""
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float,
-        activation: str = "relu",
-        cross: bool = True,
-        attention_dropout: float | None = None,
-    ):
+    def __init__(self, shape: LayerShape, cross: bool = True):
         super().__init__()
-        attention_dropout = dropout if attention_dropout is None else attention_dropout
-        self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
+        self.norm1 = nn.LayerNorm(shape.d_model)
+        self.self_attn = shape.attention()
         if cross:
-            self.norm2 = nn.LayerNorm(d_model)
-            self.cross_attn = MultiHeadAttention(d_model, num_heads, attention_dropout)
+            self.norm2 = nn.LayerNorm(shape.d_model)
+            self.cross_attn = shape.attention()
         self.cross = cross
-        self.norm3 = nn.LayerNorm(d_model)
-        self.ffn = FeedForward(d_model, d_ff, dropout, activation)
-        self.dropout = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(shape.d_model)
+        self.ffn = shape.feed_forward()
+        self.dropout = nn.Dropout(shape.dropout)
 
     def forward(
         self,
@@ -194,9 +194,8 @@ def prenorm_encoder(
     ``attention_dropout`` (None: ``dropout``) drops attention probabilities. At 0 the
     attention runs in SDPA's fused kernels while training too: PyTorch's CPU flash kernel
     takes no dropout. ESPnet's Transformer encoder defaults it to 0."""
-    layers = [
-        EncoderLayer(d_model, num_heads, d_ff, dropout, activation, attention_dropout) for _ in range(num_layers)
-    ]
+    shape = LayerShape(d_model, num_heads, d_ff, dropout, activation, attention_dropout)
+    layers = [EncoderLayer(shape) for _ in range(num_layers)]
     return EncoderStack(layers, d_model, layer_drop)
 
 
@@ -214,8 +213,6 @@ def prenorm_decoder(
 ) -> DecoderStack:
     """Pre-norm decoder layers: causal self-attention, cross-attention, feed-forward.
     ``attention_dropout`` as in the encoder."""
-    layers = [
-        DecoderLayer(d_model, num_heads, d_ff, dropout, activation, cross, attention_dropout)
-        for _ in range(num_layers)
-    ]
+    shape = LayerShape(d_model, num_heads, d_ff, dropout, activation, attention_dropout)
+    layers = [DecoderLayer(shape, cross) for _ in range(num_layers)]
     return DecoderStack(layers, d_model, layer_drop)
