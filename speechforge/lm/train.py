@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
@@ -24,7 +23,7 @@ from speechforge import registry
 from speechforge.data.tokenizers import PAD
 from speechforge.lm.metrics import evaluate
 from speechforge.train import checkpoint
-from speechforge.train.trainer import NonFiniteError, TrainingInterrupted
+from speechforge.train.trainer import TrainingInterrupted, TrainingLoop
 
 Log = Callable[[str], None]
 
@@ -53,15 +52,7 @@ def steps_per_epoch(num_batches: int, grad_accum_steps: int) -> int:
     return math.ceil(num_batches / grad_accum_steps)
 
 
-class LMTrainer:
-    def __init__(self, **cfg: Any):
-        self.cfg = cfg
-        self._stop_signal: int | None = None
-
-    def _on_signal(self, signum, frame) -> None:
-        # finish the current step, checkpoint, then leave (handled in the loop)
-        self._stop_signal = signum
-
+class LMTrainer(TrainingLoop):
     def fit(self, model, corpus, tokenizer, loss_fn, optimizer, schedule, run_dir: Path, seed: int = 0,
             log: Log = print) -> dict[str, Any]:
         from accelerate import Accelerator
@@ -93,8 +84,7 @@ class LMTrainer:
 
         epochs, max_steps = cfg["epochs"], cfg["max_steps"]
         metrics_path = run_dir / "metrics.jsonl"
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        consecutive_bad = 0
+        old_handlers = self.catch_signals()
         history: list[dict[str, Any]] = []
 
         def write_metrics(record: dict[str, Any]) -> None:
@@ -130,23 +120,7 @@ class LMTrainer:
                             acc.backward(loss)
                         grad_norm = float("nan")
                         if acc.sync_gradients:
-                            if finite:
-                                clip = cfg["grad_clip"] if cfg["grad_clip"] else float("inf")
-                                grad_norm = float(acc.clip_grad_norm_(model.parameters(), clip))
-                            if finite and math.isfinite(grad_norm):
-                                optimizer.step()
-                                consecutive_bad = 0
-                            else:
-                                counters["nonfinite_skips"] += 1
-                                consecutive_bad += 1
-                                what = "loss" if not finite else "gradient"
-                                log(f"step {step + 1}: non-finite {what}; update skipped")
-                                if consecutive_bad >= cfg["max_nonfinite"]:
-                                    raise NonFiniteError(
-                                        f"{consecutive_bad} consecutive non-finite updates: stopping. Lower "
-                                        "optimizer.lr or lengthen the warm-up, or try trainer.mixed_precision = \"no\"."
-                                    )
-                            optimizer.zero_grad(set_to_none=True)
+                            grad_norm = self.update(acc, model.parameters(), optimizer, finite, counters, step, log)
                     tokens += int(batch.token_lens.sum())
                     if finite:
                         losses_sum += float(loss.detach())
@@ -165,9 +139,9 @@ class LMTrainer:
                     every = cfg["checkpoint_every_steps"]
                     if every and step % every == 0:
                         save(epoch, batch_index)
-                    if self._stop_signal is not None:
+                    if self.stop_requested():
                         save(epoch, batch_index)
-                        raise TrainingInterrupted(signal.Signals(self._stop_signal).name)
+                        raise TrainingInterrupted(self.stop_requested())
                     if max_steps is not None and step >= max_steps:
                         break
                 epoch_done = max_steps is None or step < max_steps or batch_index >= len(sampler.batches())
@@ -196,8 +170,7 @@ class LMTrainer:
                     start_batch = batch_index
                 save(epoch, start_batch)
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            self.release_signals(old_handlers)
         if acc.is_main_process and not (run_dir / "best.pt").exists():
             # no validation split: the last weights are the best there are
             checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step}, run_dir / "best.pt")

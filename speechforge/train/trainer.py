@@ -37,16 +37,61 @@ class TrainingInterrupted(Exception):
     pass
 
 
-class AccelerateTrainer:
+class TrainingLoop:
+    """What the ASR loop here and the LM loop (``speechforge.lm.train``) share: a clean stop
+    on SIGTERM/SIGINT, and an optimizer update that skips non-finite steps."""
+
     def __init__(self, **cfg: Any):
         self.cfg = cfg
         self._stop_signal: int | None = None
-
-    # -- helpers ---------------------------------------------------------------
+        self._consecutive_bad = 0
 
     def _on_signal(self, signum, frame) -> None:
         # finish the current step, checkpoint, then leave (handled in the loop)
         self._stop_signal = signum
+
+    def catch_signals(self) -> dict:
+        """Install the stop handlers; returns the old ones for ``release_signals``."""
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def release_signals(old_handlers: dict) -> None:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    def stop_requested(self) -> str | None:
+        return None if self._stop_signal is None else signal.Signals(self._stop_signal).name
+
+    def update(self, acc, params, optimizer, finite: bool, counters: dict, step: int, log: Log) -> float:
+        """Clip and step when the loss and the gradient norm are finite; otherwise skip the
+        update, count it, and stop after ``max_nonfinite`` in a row. Returns the gradient norm
+        (nan when the loss was not finite)."""
+        grad_norm = float("nan")
+        if finite:
+            clip = self.cfg["grad_clip"] if self.cfg["grad_clip"] else float("inf")
+            grad_norm = float(acc.clip_grad_norm_(params, clip))
+        if finite and math.isfinite(grad_norm):
+            optimizer.step()
+            self._consecutive_bad = 0
+        else:
+            counters["nonfinite_skips"] += 1
+            self._consecutive_bad += 1
+            if acc.is_main_process:
+                log(f"step {step + 1}: non-finite {'loss' if not finite else 'gradient'}; "
+                    f"update skipped ({counters['nonfinite_skips']} so far)")
+            if self._consecutive_bad >= self.cfg["max_nonfinite"]:
+                raise NonFiniteError(
+                    f"{self._consecutive_bad} consecutive non-finite updates: stopping. Usual causes: "
+                    "a learning rate too high (lower optimizer.lr or lengthen warm-up), "
+                    "fp16 overflow (try trainer.mixed_precision = \"bf16\" or \"no\"), "
+                    "or bad inputs (NaN/inf or unnormalized values in the data)."
+                )
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+
+class AccelerateTrainer(TrainingLoop):
+    # -- helpers ---------------------------------------------------------------
 
     def _state(self, acc, model, optimizer, schedule, epoch: int, batch_in_epoch: int, step: int,
                best: float, recipe_text: str, counters: dict) -> dict[str, Any]:
@@ -123,8 +168,7 @@ class AccelerateTrainer:
         max_steps = cfg["max_steps"]
         epochs = sum(st.epochs or 1 for st in stages)  # for display; stages decide the end
         metrics_path = run_dir / "metrics.jsonl"
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        consecutive_bad = 0
+        old_handlers = self.catch_signals()
         history: list[dict[str, Any]] = []
 
         def write_metrics(record: dict[str, Any]) -> None:
@@ -188,26 +232,7 @@ class AccelerateTrainer:
                         grad_norm = float("nan")
                         if acc.sync_gradients:
                             params = [p for p in model.parameters() if p.requires_grad]
-                            if finite:
-                                clip = cfg["grad_clip"] if cfg["grad_clip"] else float("inf")
-                                grad_norm = float(acc.clip_grad_norm_(params, clip))
-                            if finite and math.isfinite(grad_norm):
-                                optimizer.step()
-                                consecutive_bad = 0
-                            else:
-                                counters["nonfinite_skips"] += 1
-                                consecutive_bad += 1
-                                if acc.is_main_process:
-                                    log(f"step {step + 1}: non-finite {'loss' if not finite else 'gradient'}; "
-                                    f"update skipped ({counters['nonfinite_skips']} so far)")
-                                if consecutive_bad >= cfg["max_nonfinite"]:
-                                    raise NonFiniteError(
-                                        f"{consecutive_bad} consecutive non-finite updates: stopping. Usual causes: "
-                                        "a learning rate too high (lower optimizer.lr or lengthen warm-up), "
-                                        "fp16 overflow (try trainer.mixed_precision = \"bf16\" or \"no\"), "
-                                        "or bad features (NaN/inf or unnormalized values in the data)."
-                                    )
-                            optimizer.zero_grad(set_to_none=True)
+                            grad_norm = self.update(acc, params, optimizer, finite, counters, step, log)
                     frames += int(batch.feat_lens.sum())
                     if finite:
                         losses_sum += float(loss.detach())
@@ -233,9 +258,9 @@ class AccelerateTrainer:
                     every = cfg["checkpoint_every_steps"]
                     if every and step % every == 0:
                         save(epoch, batch_index)
-                    if self._stop_signal is not None:
+                    if self.stop_requested():
                         save(epoch, batch_index)
-                        raise TrainingInterrupted(signal.Signals(self._stop_signal).name)
+                        raise TrainingInterrupted(self.stop_requested())
                     if max_steps is not None and step >= max_steps:
                         break
                     if stage.steps is not None and step - counters["stage_step0"] >= stage.steps:
@@ -276,8 +301,7 @@ class AccelerateTrainer:
                     counters.update(stage=counters["stage"] + 1, stage_epoch0=epoch, stage_step0=step)
                 save(epoch, start_batch)
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
+            self.release_signals(old_handlers)
         if acc.is_main_process:
             if not (run_dir / "best.pt").exists():
                 checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step}, run_dir / "best.pt")
