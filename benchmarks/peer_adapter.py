@@ -124,7 +124,8 @@ def main():
         "model built from recipes/bpe5k_ctc.toml through the registry; tied decoder input/output embeddings "
         "(the recipe's tie_embeddings = true), hence fewer parameters than untied peers",
         "train: ce_ctc loss (CE per target token + CTC per target token, weight 0.3); the harness batch is padded, "
-        "so attention runs with key-padding masks",
+        "so attention runs with key-padding masks; attention probabilities dropped at the spec's rate like the "
+        "peers (the recipe's attention_dropout = 0 is overridden)",
         "greedy: speechforge.decode.greedy.greedy_search with the decoder key/value cache, force_length",
     ]
     decode = {
@@ -150,6 +151,7 @@ def main():
         common.log("decode beam_ctc_batch")
         decode["beam_ctc_batch"] = common.time_decoding(spec, batched)
         notes.append("beam: speechforge.decode.beam.beam_search, batched over utterances x beams, decoder cache, "
+                     "one copy of each utterance's cross-attention memory shared by its beams, "
                      "CTC prefix scoring on the top 1.5 x beam attention candidates, force_length")
     common.emit({
         "toolkit": "speechforge", "version": speechforge.__version__, "torch": torch.__version__,
