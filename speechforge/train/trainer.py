@@ -96,7 +96,7 @@ class AccelerateTrainer(TrainingLoop):
     def _state(self, acc, model, optimizer, schedule, epoch: int, batch_in_epoch: int, step: int,
                best: float, recipe_text: str, counters: dict) -> dict[str, Any]:
         state = {
-            "model": acc.unwrap_model(model).state_dict(),
+            "model": _unwrap(acc, model).state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "rng": checkpoint.rng_state(),
@@ -143,7 +143,10 @@ class AccelerateTrainer(TrainingLoop):
         dev_loader = exp.loader("dev", **shard)[0] if exp.corpus.has("dev") else None
         model, optimizer = acc.prepare(model, optimizer)
         if cfg["compile"]:
-            model = torch.compile(model, dynamic=True)
+            # automatic dynamic shapes: the first shape change recompiles once with batch, frame
+            # and token counts symbolic, and later batches reuse that graph. dynamic=True would
+            # make the feature dimension symbolic too, which Inductor's conv lowering rejects.
+            model = torch.compile(model, dynamic=None)
         recipe_text = (run_dir / "recipe.toml").read_text()
 
         epoch, start_batch, step, best = 0, 0, 0, math.inf
@@ -153,7 +156,7 @@ class AccelerateTrainer(TrainingLoop):
         last = checkpoint.latest(ckpt_dir)
         if last is not None:
             state = checkpoint.load(last)
-            acc.unwrap_model(model).load_state_dict(state["model"])
+            _unwrap(acc, model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             if "scaler" in state and acc.scaler is not None:
@@ -277,13 +280,13 @@ class AccelerateTrainer(TrainingLoop):
                     "frames_per_s": round(_sum(acc, frames) / max(elapsed, 1e-9), 1), "seconds": round(elapsed, 2),
                 }
                 if dev_loader is not None and ((epoch + 1) % cfg["validate_every_epochs"] == 0 or epoch + 1 == epochs):
-                    record.update(self.validate(acc.unwrap_model(model), dev_loader, loss_fn, exp, acc, log))
+                    record.update(self.validate(_unwrap(acc, model), dev_loader, loss_fn, exp, acc, log))
                     if acc.is_main_process:
-                        png = self.plot_attention(acc.unwrap_model(model), dev_loader, exp, acc.device, epoch + 1)
+                        png = self.plot_attention(_unwrap(acc, model), dev_loader, exp, acc.device, epoch + 1)
                         _log_image(acc, cfg["trackers"], "attention", png, step)
                     schedule.on_validation(record["dev_cer"])
                     if acc.is_main_process:
-                        weights = {"model": acc.unwrap_model(model).state_dict(), "step": step,
+                        weights = {"model": _unwrap(acc, model).state_dict(), "step": step,
                                    "dev_cer": record["dev_cer"]}
                         if record["dev_cer"] < best:
                             checkpoint.save_atomic(weights, run_dir / "best.pt")
@@ -304,7 +307,7 @@ class AccelerateTrainer(TrainingLoop):
             self.release_signals(old_handlers)
         if acc.is_main_process:
             if not (run_dir / "best.pt").exists():
-                checkpoint.save_atomic({"model": acc.unwrap_model(model).state_dict(), "step": step}, run_dir / "best.pt")
+                checkpoint.save_atomic({"model": _unwrap(acc, model).state_dict(), "step": step}, run_dir / "best.pt")
             kept = [p for _, p in checkpoint.checkpoints(ckpt_dir)]
             if kept:
                 # the mean of the last checkpoints: usually a few tenths of a point of WER better
@@ -403,6 +406,11 @@ def _flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         elif isinstance(v, (int, float, str, bool)):
             out[key] = v
     return out
+
+
+def _unwrap(acc, model):
+    # without the DDP and torch.compile wrappers: state dicts keep the model's own names
+    return acc.unwrap_model(model, keep_torch_compile=False)
 
 
 def _trackers_available(value: list[str]) -> list[str]:

@@ -155,3 +155,18 @@ def test_checkpoints_load_as_data_and_keep_the_last_n(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
     avg = checkpoint.average_state_dicts([p for _, p in checkpoint.checkpoints(tmp_path)])
     torch.testing.assert_close(avg["w"], torch.full((2,), 4.5))
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_through_changing_batch_shapes_like_the_eager_one(tiny_recipe, tmp_path):
+    # batches of different lengths and sizes: the first shape change recompiles with dynamic shapes
+    extra = ["--set", "trainer.max_steps=3", "--set", "trainer.log_every_steps=1", "--set", "trainer.epochs=1"]
+    losses = {}
+    for name, compiled in (("eager", "false"), ("compiled", "true")):
+        run_dir = tmp_path / name
+        subprocess.run(cli(tiny_recipe, run_dir, "--set", f"trainer.compile={compiled}", *extra), check=True,
+                       capture_output=True)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records if "loss" in r]
+    assert len(losses["eager"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
