@@ -211,88 +211,47 @@ MelBins = Annotated[int, Field(gt=0)]
 Workers = Annotated[int, Field(ge=0)]
 
 
-def _audio_corpus(lister: Callable[[Path], Listing], root: str, splits: dict[str, str | None],
-                  cache_dir: str | None, sample_rate: int, **common: Any) -> AudioCorpus:
-    return AudioCorpus(lister, Path(cache_dir) if cache_dir else Path(root) / "features", sample_rate,
-                       root=Path(root), splits=splits, **common)
+def _register_audio_source(name: str, lister: Callable[[Path], Listing], splits: tuple[str, str, str],
+                           doc: str) -> Callable[..., AudioCorpus]:
+    """Register one raw-audio layout. Every layout takes the same recipe keys (the factory's
+    signature is its schema); only the lister and the default split names differ."""
+    train_default, dev_default, test_default = splits
+
+    def factory(
+        root: Root,
+        train: str = train_default,
+        dev: str | None = dev_default,
+        test: str | None = test_default,
+        cache_dir: str | None = None,
+        sample_rate: SampleRate = 16000,
+        num_mel_bins: MelBins = 80,
+        normalization: Normalization = {"name": "global_mvn"},
+        augment: Augment = [],
+        max_frames: PositiveOrNone = 20000,
+        batch_size: PositiveOrNone = None,
+        bucketed: bool = True,
+        num_workers: Workers = 0,
+        on_bad_file: OnBadFile = "stop",
+        max_utterances: PositiveOrNone = None,
+    ) -> AudioCorpus:
+        return AudioCorpus(
+            lister, Path(cache_dir) if cache_dir else Path(root) / "features", sample_rate, root=Path(root),
+            splits={"train": train, "dev": dev, "test": test}, num_mel_bins=num_mel_bins, on_bad_file=on_bad_file,
+            max_frames=max_frames, batch_size=batch_size, bucketed=bucketed, num_workers=num_workers,
+            normalization=normalization, augment=augment, max_utterances=max_utterances,
+        )
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return registry.datasets.register(name)(factory)
 
 
-@registry.datasets.register("librispeech")
-def librispeech(
-    root: Root,
-    train: str = "train-clean-100",
-    dev: str | None = "dev-clean",
-    test: str | None = "test-clean",
-    cache_dir: str | None = None,
-    sample_rate: SampleRate = 16000,
-    num_mel_bins: MelBins = 80,
-    normalization: Normalization = {"name": "global_mvn"},
-    augment: Augment = [],
-    max_frames: PositiveOrNone = 20000,
-    batch_size: PositiveOrNone = None,
-    bucketed: bool = True,
-    num_workers: Workers = 0,
-    on_bad_file: OnBadFile = "stop",
-    max_utterances: PositiveOrNone = None,
-) -> AudioCorpus:
-    """Raw audio in the LibriSpeech layout: <root>/<split>/<speaker>/<chapter>/*.flac + *.trans.txt."""
-    return _audio_corpus(
-        list_librispeech, root, {"train": train, "dev": dev, "test": test}, cache_dir, sample_rate,
-        num_mel_bins=num_mel_bins, on_bad_file=on_bad_file, max_frames=max_frames, batch_size=batch_size,
-        bucketed=bucketed, num_workers=num_workers, normalization=normalization, augment=augment,
-        max_utterances=max_utterances,
-    )
-
-
-@registry.datasets.register("kaldi")
-def kaldi(
-    root: Root,
-    train: str = "train",
-    dev: str | None = "dev",
-    test: str | None = "test",
-    cache_dir: str | None = None,
-    sample_rate: SampleRate = 16000,
-    num_mel_bins: MelBins = 80,
-    normalization: Normalization = {"name": "global_mvn"},
-    augment: Augment = [],
-    max_frames: PositiveOrNone = 20000,
-    batch_size: PositiveOrNone = None,
-    bucketed: bool = True,
-    num_workers: Workers = 0,
-    on_bad_file: OnBadFile = "stop",
-    max_utterances: PositiveOrNone = None,
-) -> AudioCorpus:
-    """Kaldi data directories: <root>/<split>/wav.scp and text (utt2spk optional, not needed)."""
-    return _audio_corpus(
-        list_kaldi, root, {"train": train, "dev": dev, "test": test}, cache_dir, sample_rate,
-        num_mel_bins=num_mel_bins, on_bad_file=on_bad_file, max_frames=max_frames, batch_size=batch_size,
-        bucketed=bucketed, num_workers=num_workers, normalization=normalization, augment=augment,
-        max_utterances=max_utterances,
-    )
-
-
-@registry.datasets.register("jsonl")
-def jsonl(
-    root: Root,
-    train: str = "train.jsonl",
-    dev: str | None = "dev.jsonl",
-    test: str | None = "test.jsonl",
-    cache_dir: str | None = None,
-    sample_rate: SampleRate = 16000,
-    num_mel_bins: MelBins = 80,
-    normalization: Normalization = {"name": "global_mvn"},
-    augment: Augment = [],
-    max_frames: PositiveOrNone = 20000,
-    batch_size: PositiveOrNone = None,
-    bucketed: bool = True,
-    num_workers: Workers = 0,
-    on_bad_file: OnBadFile = "stop",
-    max_utterances: PositiveOrNone = None,
-) -> AudioCorpus:
-    """JSON-lines manifests <root>/<split>.jsonl: {"id", "audio" or "features", "text", "duration"}."""
-    return _audio_corpus(
-        list_manifest, root, {"train": train, "dev": dev, "test": test}, cache_dir, sample_rate,
-        num_mel_bins=num_mel_bins, on_bad_file=on_bad_file, max_frames=max_frames, batch_size=batch_size,
-        bucketed=bucketed, num_workers=num_workers, normalization=normalization, augment=augment,
-        max_utterances=max_utterances,
-    )
+librispeech = _register_audio_source(
+    "librispeech", list_librispeech, ("train-clean-100", "dev-clean", "test-clean"),
+    "Raw audio in the LibriSpeech layout: <root>/<split>/<speaker>/<chapter>/*.flac + *.trans.txt.")
+kaldi = _register_audio_source(
+    "kaldi", list_kaldi, ("train", "dev", "test"),
+    "Kaldi data directories: <root>/<split>/wav.scp and text (utt2spk optional, not needed).")
+jsonl = _register_audio_source(
+    "jsonl", list_manifest, ("train.jsonl", "dev.jsonl", "test.jsonl"),
+    'JSON-lines manifests <root>/<split>.jsonl: {"id", "audio" or "features", "text", "duration"}.')
