@@ -151,15 +151,17 @@ def cmd_check(args, log) -> int:
         from speechforge.lm import pipeline as lm_pipeline
 
         report = lm_pipeline.check(recipe)
-        notes, params, vocab = report["notes"], report["parameters"], report["vocab_size"]
-    else:
-        exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
-        recipe.loss.build()
-        recipe.optimizer.build(model=exp.model)
-        recipe.scheduler.build(total_steps=1000)
-        recipe.trainer.build()
-        recipe.decode.build()
-        notes, params, vocab = exp.notes, count_parameters(exp.model), exp.tokenizer.vocab_size
+        return _print_check(recipe, report["notes"], report["parameters"], report["vocab_size"])
+    exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
+    recipe.loss.build()
+    recipe.optimizer.build(model=exp.model)
+    recipe.scheduler.build(total_steps=1000)
+    recipe.trainer.build()
+    recipe.decode.build()
+    return _print_check(recipe, exp.notes, count_parameters(exp.model), exp.tokenizer.vocab_size)
+
+
+def _print_check(recipe, notes: list[str], params: int, vocab: int) -> int:
     for note in notes:
         print(f"note: {note}")
     print(f"parameters: {params:,}")
@@ -243,13 +245,7 @@ def cmd_plot_lr(args, log) -> int:
         from speechforge.lm import pipeline as lm_pipeline
 
         report = lm_pipeline.check(recipe)
-        for note in report["notes"]:
-            print(f"note: {note}")
-        print(f"parameters: {report['parameters']:,}")
-        print(f"vocabulary: {report['vocab_size']}")
-        print("resolved recipe:")
-        print(recipe_mod.dumps(recipe.to_dict()))
-        return 0
+        return _print_check(recipe, report["notes"], report["parameters"], report["vocab_size"])
     exp = experiment.build(recipe, Path("/nonexistent-speechforge-run"), log, dry=True)
     trainer = recipe.trainer.build()
     steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"],

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Annotated, Callable, Iterable, Literal
 
 import numpy as np
+from pydantic import Field
 
 from speechforge.data.errors import DataError
 
 OnBadFile = Literal["stop", "skip"]
+PositiveOrNone = Annotated[int, Field(gt=0)] | None  # a recipe limit that may be left off
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.data.augment import domain
-from speechforge.data.corpus import OnBadFile, Split, scan_feature_split
+from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, scan_feature_split
 from speechforge.recipe import RecipeError, Spec, Sub
 
 
@@ -89,9 +89,6 @@ def _existing_dir(value: str) -> str:
             f"(<root>/train-clean-100/fbank/*.npy, .../text/*.npy) or point elsewhere with --set data.root=PATH"
         )
     return value
-
-
-PositiveOrNone = Annotated[int, Field(gt=0)] | None
 
 
 @registry.datasets.register("hw4p2")

@@ -17,10 +17,9 @@ from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.data.augment import AUDIO_SUFFIXES
-from speechforge.data.corpus import Entry, OnBadFile
+from speechforge.data.corpus import Entry, OnBadFile, PositiveOrNone
 from speechforge.data.errors import DataError
 from speechforge.data.feature_cache import AudioCorpus, Listing
-from speechforge.data.hw4p2 import PositiveOrNone
 from speechforge.recipe import Spec, Sub
 
 

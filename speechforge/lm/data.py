@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from speechforge import registry
 from speechforge.data.batching import BucketBatchSampler
-from speechforge.data.corpus import OnBadFile, stop_if_bad
+from speechforge.data.corpus import OnBadFile, PositiveOrNone, stop_if_bad
 from speechforge.data.errors import DataError
 from speechforge.data.tokenizers import EOS, PAD, SOS, Tokenizer
 
@@ -190,9 +190,6 @@ def _existing_file(value: str | None) -> str | None:
     if value is not None and not Path(value).is_file():
         raise ValueError(f"no such file {value!r}")
     return value
-
-
-PositiveOrNone = Annotated[int, Field(gt=0)] | None
 
 
 @registry.datasets.register("hw4p1_text")
