@@ -162,6 +162,8 @@ def cmd_check(args, log) -> int:
 
 
 def _print_check(recipe, notes: list[str], params: int, vocab: int) -> int:
+    from speechforge import recipe as recipe_mod
+
     for note in notes:
         print(f"note: {note}")
     print(f"parameters: {params:,}")
