@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechforge.model.dropout import dropout
+
 
 def padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(B,) lengths -> (B, S) bool, True at real (non-padded) positions."""
@@ -75,23 +77,31 @@ class MultiHeadAttention(nn.Module):
             k, v = self.project_kv(key, value)
         else:
             k, v = kv
-        dropout = self.dropout if self.training else 0.0
+        p = self.dropout if self.training else 0.0
         # one query at the end of the sequence may see every key: no causal mask needed
         causal = causal and length > 1
         weights = None
-        if need_weights:
+        # SDPA on a CPU takes its slow math kernel and bernoulli_ masks whenever it drops
+        # attention probabilities; spelled out here, the masks are speechforge's cheap ones
+        explicit = need_weights or (p > 0.0 and q.device.type == "cpu" and not torch.compiler.is_compiling())
+        if explicit:
             mask = attention_mask(key_valid, length, k.shape[2], causal, q.device)
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
+            scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, L, S)
             if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            # a query that sees no key gets zeros, as SDPA gives, not NaN
-            weights = scores.softmax(-1).nan_to_num(0.0)
-            out = F.dropout(weights, dropout, self.training) @ v
+                # in place: the product's backward does not need its output
+                scores.masked_fill_(~mask, float("-inf"))
+            probs = scores.softmax(-1)
+            seen = None if mask is None else mask.any(-1, keepdim=True)
+            if seen is not None and not bool(seen.all()):
+                # a query that sees no key gets zeros, as SDPA gives, not NaN
+                probs = probs.masked_fill(~seen, 0.0)
+            weights = probs if need_weights else None
+            out = dropout(probs, p, self.training) @ v
         elif key_valid is None and (not causal or length == k.shape[2]):
             # no padding: let SDPA build causality itself and pick a fused kernel
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=causal and length > 1)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
         else:
             mask = attention_mask(key_valid, length, k.shape[2], causal, q.device)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         out = out.transpose(1, 2).reshape(b, length, d)
         return self.out_proj(out), weights

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from speechforge import registry
+from speechforge.model.dropout import Dropout
 from speechforge.recipe import Runtime
 
 
@@ -56,7 +57,7 @@ class Conv2dSubsampling(nn.Module):
         self.num_convs = num_convs
         self.out = nn.Linear(in_ch * freq, d_model)
         self.pos = PositionalEncoding(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.scale = math.sqrt(d_model)
 
     def reduce_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -83,7 +84,7 @@ class PyramidalLSTM(nn.Module):
             nn.LSTM(2 * d_model, hidden, batch_first=True, bidirectional=True) for _ in range(self.num_halvings)
         )
         self.pos = PositionalEncoding(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @staticmethod
     def _run(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pydantic import Field
 from torch import nn
 
 from speechforge import registry
+from speechforge.model.dropout import Dropout
 from speechforge.model.attention import MultiHeadAttention
 from speechforge.recipe import Runtime
 
@@ -25,7 +26,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU}
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, d_ff: int, dropout: float, activation: str = "relu"):
         super().__init__(
-            nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(d_ff, d_model)
+            nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), Dropout(dropout), nn.Linear(d_ff, d_model)
         )
 
 
@@ -57,7 +58,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = shape.attention()
         self.norm2 = nn.LayerNorm(shape.d_model)
         self.ffn = shape.feed_forward()
-        self.dropout = nn.Dropout(shape.dropout)
+        self.dropout = Dropout(shape.dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         h = self.norm1(x)
@@ -79,7 +80,7 @@ class DecoderLayer(nn.Module):
         self.cross = cross
         self.norm3 = nn.LayerNorm(shape.d_model)
         self.ffn = shape.feed_forward()
-        self.dropout = nn.Dropout(shape.dropout)
+        self.dropout = Dropout(shape.dropout)
 
     def forward(
         self,

@@ -11,6 +11,7 @@ from pydantic import Field
 from torch import nn
 
 from speechforge import registry
+from speechforge.model.dropout import Dropout
 from speechforge.model.attention import padding_mask
 from speechforge.model.embeddings import PositionalEncoding
 from speechforge.recipe import Runtime, Spec, Sub
@@ -61,7 +62,7 @@ class TokenDecoder(nn.Module):
         # std d^-1/2: the input side multiplies by sqrt(d) and a tied output stays near unit scale
         nn.init.normal_(self.embed.weight, std=d_model**-0.5)
         self.pos = PositionalEncoding(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.stack = stack
         self.out = nn.Linear(d_model, vocab_size)
         if tie_embeddings:
