@@ -12,6 +12,7 @@ import torch
 from speechforge import experiment, recipe as recipe_mod
 from speechforge.decode.outputs import decode_batches, decode_tag, gather_records, write_outputs
 from speechforge.model.transformer import count_parameters
+from speechforge.precision import name as precision_name
 from speechforge.recipe import Recipe, RecipeError
 
 Log = Callable[[str], None]
@@ -135,7 +136,9 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("
     decoder = recipe.decode.build()
     if hasattr(decoder, "bind"):
         decoder.bind(exp.tokenizer)
-    tag = decode_tag(recipe.decode.name, recipe.decode.args) + suffix
+    precision = decode_precision(recipe, state.device)
+    # a bf16 decode sits beside the fp32 one of the same decoder, not over it
+    tag = decode_tag(recipe.decode.name, recipe.decode.args) + ("-bf16" if precision == "bf16" else "") + suffix
     folder = run_dir / "decode" / tag
     model.to(state.device)
     results = {}
@@ -144,7 +147,7 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("
             continue
         loader, _ = exp.loader(role, num_replicas=state.num_processes, rank=state.process_index)
         t0 = time.time()
-        records = gather_records(decode_batches(model, loader, decoder, exp.tokenizer, state.device))
+        records = gather_records(decode_batches(model, loader, decoder, exp.tokenizer, state.device, precision))
         if not state.is_main_process:
             continue
         res = write_outputs(records, folder, role)
@@ -153,9 +156,19 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("
         rates = f"CER {res['cer']:.4f} WER {res['wer']:.4f}" if "cer" in res else "no references"
         log(f"decode {tag} {role}: {res['utterances']} utterances, {rates}")
     if state.is_main_process:
-        (folder / "metrics.json").write_text(json.dumps({"decoder": recipe.decode.to_dict(), **results}, indent=2))
+        (folder / "metrics.json").write_text(json.dumps(
+            {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision), **results}, indent=2))
     results["folder"] = str(folder)
     return results
+
+
+def decode_precision(recipe: Recipe, device) -> str:
+    """Decoding computes in the precision training chose (trainer.mixed_precision, "auto" by
+    default); `--set trainer.mixed_precision="no"` decodes a bf16 run in fp32."""
+    from speechforge import precision
+
+    requested = recipe.trainer.args.get("mixed_precision", "auto") if recipe.trainer else "auto"
+    return precision.resolve(requested, device)[0]
 
 
 def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=("dev", "test"),

@@ -15,6 +15,7 @@ import torch
 from speechforge import experiment
 from speechforge.data.corpus import load_features
 from speechforge.data.errors import DataError
+from speechforge.precision import autocast
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".sph"}
 
@@ -37,6 +38,9 @@ class Transcriber:
         if hasattr(self.decoder, "bind"):
             self.decoder.bind(self.run.tokenizer)
         self.num_mel_bins = int(self.run.recipe.data.args.get("num_mel_bins", 80))
+        from speechforge.pipeline import decode_precision
+
+        self.precision = decode_precision(self.run.recipe, "cpu")
 
     @torch.no_grad()
     def transcribe(self, paths: list[str | Path], batch_size: int = 8) -> list[dict[str, Any]]:
@@ -48,8 +52,10 @@ class Transcriber:
             chunk = [torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)) for f in feats[start : start + batch_size]]
             lens = torch.tensor([c.shape[0] for c in chunk])
             padded = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True)
-            enc_out, enc_lens = model.encode(padded, lens)
-            for i, nbest in enumerate(self.decoder(model, enc_out, enc_lens)):
+            with autocast(self.precision, "cpu"):
+                enc_out, enc_lens = model.encode(padded, lens)
+                hyps = self.decoder(model, enc_out, enc_lens)
+            for i, nbest in enumerate(hyps):
                 texts = [tok.decode(h.tokens) for h in nbest]
                 results.append({"path": str(paths[start + i]), "text": texts[0],
                                 "nbest": [{"text": t, "score": round(h.score, 4)} for t, h in zip(texts, nbest)]})

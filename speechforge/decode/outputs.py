@@ -19,8 +19,13 @@ from speechforge.metrics import error_rates
 @torch.no_grad()
 def decode_batches(
     model, batches: Iterable[Batch], decoder: Callable, tokenizer: Tokenizer, device: torch.device,
+    precision: str = "no",
 ) -> list[dict[str, Any]]:
-    """One record per utterance: id, reference (or None), best hypothesis, n-best with scores."""
+    """One record per utterance: id, reference (or None), best hypothesis, n-best with scores.
+    ``precision`` (resolved, as speechforge.precision gives it) is the forward passes'; the
+    decoders keep their scores in fp32 or fp64 whatever it is."""
+    from speechforge.precision import autocast
+
     records = []
     model.eval()
     if sys.stderr.isatty() and hasattr(batches, "__len__"):
@@ -29,8 +34,10 @@ def decode_batches(
         batches = tqdm(batches, desc="decoding", leave=False, unit="batch")
     for batch in batches:
         batch = batch.to(device)
-        enc_out, enc_lens = model.encode(batch.feats, batch.feat_lens)
-        for utt, ref, nbest in zip(batch.ids, batch.texts, decoder(model, enc_out, enc_lens)):
+        with autocast(precision, device):
+            enc_out, enc_lens = model.encode(batch.feats, batch.feat_lens)
+            hyps = decoder(model, enc_out, enc_lens)
+        for utt, ref, nbest in zip(batch.ids, batch.texts, hyps):
             texts = [tokenizer.decode(h.tokens) for h in nbest]
             records.append({
                 "id": utt, "ref": ref, "hyp": texts[0],

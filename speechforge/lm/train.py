@@ -22,6 +22,7 @@ from pydantic import Field
 from speechforge import registry
 from speechforge.data.tokenizers import PAD
 from speechforge.lm.metrics import evaluate
+from speechforge.precision import Precision
 from speechforge.train import checkpoint
 from speechforge.train.trainer import TrainingInterrupted, TrainingLoop
 
@@ -61,7 +62,7 @@ class LMTrainer(TrainingLoop):
         cfg = self.cfg
         ckpt_dir = run_dir / "checkpoints"
         set_seed(seed)
-        acc = Accelerator(mixed_precision=cfg["mixed_precision"], gradient_accumulation_steps=cfg["grad_accum_steps"],
+        acc = Accelerator(mixed_precision=self.resolve_precision(log), gradient_accumulation_steps=cfg["grad_accum_steps"],
                           cpu=cfg["cpu"])
         train_loader, sampler = corpus.loader("train", tokenizer, train=True, seed=seed)
         val_loader = corpus.loader("val", tokenizer)[0] if corpus.has("val") else None
@@ -192,7 +193,7 @@ def lm(
     max_steps: Annotated[int, Field(ge=1)] | None = None,
     grad_accum_steps: Annotated[int, Field(ge=1)] = 1,
     grad_clip: Annotated[float, Field(gt=0.0)] | None = 1.0,
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no",
+    mixed_precision: Precision = "auto",
     cpu: bool = False,
     log_every_steps: Annotated[int, Field(ge=1)] = 10,
     checkpoint_every_steps: Annotated[int, Field(ge=1)] | None = None,

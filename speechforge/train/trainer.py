@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field
 from speechforge import registry
 from speechforge.decode.greedy import greedy_search
 from speechforge.decode.outputs import decode_batches, gather_records, score
+from speechforge.precision import Precision
 from speechforge.train import checkpoint
 from speechforge.train.stages import apply_stage, fallback_stage
 
@@ -58,6 +59,19 @@ class TrainingLoop:
     def release_signals(old_handlers: dict) -> None:
         for s, h in old_handlers.items():
             signal.signal(s, h)
+
+    def resolve_precision(self, log: Log) -> str:
+        """trainer.mixed_precision with "auto" decided for this process's device; logged with why."""
+        from accelerate import PartialState
+
+        from speechforge import precision
+
+        device = torch.device("cpu") if self.cfg["cpu"] else PartialState().device
+        chosen, why = precision.resolve(self.cfg["mixed_precision"], device)
+        if PartialState().is_main_process:
+            log(f"precision: {precision.name(chosen)} ({why})")
+        self.precision = chosen
+        return chosen
 
     def stop_requested(self) -> str | None:
         return None if self._stop_signal is None else signal.Signals(self._stop_signal).name
@@ -128,7 +142,7 @@ class AccelerateTrainer(TrainingLoop):
         acc = Accelerator(
             # stages change which parameters get gradients: DDP must be told to expect that
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if staged else None,
-            mixed_precision=cfg["mixed_precision"],
+            mixed_precision=self.resolve_precision(log),
             gradient_accumulation_steps=cfg["grad_accum_steps"],
             cpu=cfg["cpu"],
             log_with=list(cfg["trackers"]) or None,
@@ -316,24 +330,27 @@ class AccelerateTrainer(TrainingLoop):
         if cfg["trackers"]:
             acc.end_training()
         acc.wait_for_everyone()
-        return {"step": step, "epochs": epoch, "best_dev_cer": None if math.isinf(best) else best,
+        return {"step": step, "epochs": epoch, "precision": self.precision, "best_dev_cer": None if math.isinf(best) else best,
                 "nonfinite_skips": counters["nonfinite_skips"], "history": history}
 
     @torch.no_grad()
     def validate(self, model, loader, loss_fn, exp, acc, log: Log) -> dict[str, float]:
         """Dev loss and greedy CER/WER; each process scores its shard, the numbers are global."""
+        from speechforge.precision import autocast
+
         model.eval()
         total, n = 0.0, 0
         for batch in loader:
             b = batch.to(acc.device)
-            out = model(b.feats, b.feat_lens, b.tokens_in)
+            with autocast(self.precision, acc.device):
+                out = model(b.feats, b.feat_lens, b.tokens_in)
             total += float(loss_fn(out, b.tokens_out, b.token_lens)["loss"]) * len(b.ids)
             n += len(b.ids)
         total, n = _sum(acc, total), _sum(acc, n)
         # the recipe's length limits keep an untrained model from rambling to the cap
         limits = {k: v for k, v in exp.recipe.decode.args.items() if k in ("max_len_ratio", "max_len")}
         records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l, **limits), exp.tokenizer,
-                                 acc.device)
+                                 acc.device, self.precision)
         records = gather_records(records)
         rates = score(records) or {"cer": math.nan, "wer": math.nan}
         samples = records[: self.cfg["sample_transcripts"]]
@@ -444,7 +461,7 @@ def accelerate(
     max_steps: Annotated[int, Field(ge=1)] | None = None,
     grad_accum_steps: Annotated[int, Field(ge=1)] = 1,
     grad_clip: Annotated[float, Field(gt=0.0)] | None = 5.0,
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no",
+    mixed_precision: Precision = "auto",
     cpu: bool = False,
     compile: bool = False,
     deterministic: bool = False,

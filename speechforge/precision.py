@@ -1,0 +1,68 @@
+"""Which precision a run computes in, and the autocast context that gives it.
+
+``mixed_precision = "auto"`` (the default) picks bfloat16 where the device multiplies it
+natively: a CUDA GPU that supports it, or a CPU with AMX or AVX512-BF16, where bf16 matrix
+products run 2x (AVX512-BF16) to 5x (AMX) faster than fp32. Elsewhere bf16 is emulated
+and slower than fp32, so "auto" keeps fp32. fp16 needs loss scaling and overflows where
+bf16 does not, so "auto" never picks it; ask for it by name.
+
+Mixed precision here is always autocast: fp32 master weights and optimizer state, forward
+matrix products in the low precision, and the losses, CTC and search scores in fp32 or
+fp64 (the model and decoders cast those themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Precision = Literal["auto", "no", "bf16", "fp16"]
+_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_flags() -> tuple[str, ...]:
+    """The CPU's bf16 instruction sets among AMX-BF16 and AVX512-BF16 (Linux /proc/cpuinfo;
+    torch's own probe elsewhere)."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text().split())
+        return tuple(f for f in _NATIVE_BF16_FLAGS if f in words)
+    except OSError:
+        probes = {"amx_bf16": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+        return tuple(f for f, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
+
+
+def resolve(requested: str, device: torch.device | str) -> tuple[str, str]:
+    """``requested`` ("auto", "no", "bf16", "fp16") on ``device`` -> (Accelerate's
+    mixed_precision value, the reason, for the run log)."""
+    device = torch.device(device)
+    if requested != "auto":
+        return requested, "as the recipe asks"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: {torch.cuda.get_device_name(device)} computes bf16 natively"
+        return "no", f"auto: {torch.cuda.get_device_name(device)} has no native bf16"
+    if device.type == "cpu":
+        flags = cpu_bf16_flags()
+        if flags:
+            return "bf16", f"auto: the CPU has {' and '.join(flags)}, native bf16 matrix products"
+        return "no", "auto: the CPU has neither AMX nor AVX512-BF16, where bf16 would be emulated and slower"
+    return "no", f"auto: no bf16 fast path known for {device.type}"
+
+
+def name(precision: str) -> str:
+    """Accelerate's "no" as a reader says it."""
+    return "fp32" if precision == "no" else precision
+
+
+def autocast(precision: str, device: torch.device | str):
+    """The forward-pass context for an already resolved ``precision``."""
+    device = torch.device(device)
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
