@@ -2,12 +2,14 @@
 
 Same contract as the harness's other adapters:
 
-    python benchmarks/peer_adapter.py --spec /path/to/peers/spec.json [--quick]
+    python benchmarks/peer_adapter.py --spec /path/to/peers/spec.json [--precision fp32|bf16] [--quick]
 
 progress on stderr, the last stdout line one JSON object. The model is built through the
 registry from recipes/bpe5k_ctc.toml, as `speechforge run` builds it; training is the
 harness's fixed batch with Adam and the recipe's ce_ctc loss; decoding uses speechforge's
 cached greedy search and, where speechforge.decode.beam exists, its batched beam search.
+`--precision bf16` trains and decodes as `trainer.mixed_precision = "bf16"` does: forward
+passes under speechforge.precision.autocast (bf16 autocast, fp32 master weights and Adam).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path.insert(1, str(harness_dir()))  # after this script's folder, so nothing
 import common  # noqa: E402
 
 import speechforge  # noqa: E402
-from speechforge import recipe as recipes  # noqa: E402
+from speechforge import precision, recipe as recipes  # noqa: E402
 from speechforge.data.tokenizers import EOS, PAD, SOS  # noqa: E402
 from speechforge.decode.greedy import greedy_search  # noqa: E402
 
@@ -93,10 +95,14 @@ def main():
     tokens_in, tokens_out = speechforge_tokens(ids, id_lens)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
+    mixed = "bf16" if spec["precision"] == "bf16" else "no"
+
     def step():
         opt.zero_grad(set_to_none=True)
-        out = model(feats, feat_lens, tokens_in)
-        loss_fn(out, tokens_out, id_lens)["loss"].backward()
+        with precision.autocast(mixed, "cpu"):
+            out = model(feats, feat_lens, tokens_in)
+            loss = loss_fn(out, tokens_out, id_lens)["loss"]
+        loss.backward()
         opt.step()
 
     model.train()
@@ -126,6 +132,10 @@ def main():
         "train: ce_ctc loss (CE per target token + CTC per target token, weight 0.3); the harness batch is padded, "
         "so attention runs with key-padding masks; attention probabilities dropped at the spec's rate like the "
         "peers (the recipe's attention_dropout = 0 is overridden)",
+        f"precision {spec['precision']}: " + ("forward passes under bf16 autocast (speechforge.precision.autocast, as "
+        "trainer.mixed_precision = 'bf16' runs them), fp32 master weights; decoding under the harness's bf16 autocast, "
+        "search scores in fp64" if spec["precision"] == "bf16" else "fp32 throughout"),
+        "dropout masks: speechforge.model.dropout (16 random bits an element, four per 64-bit draw)",
         "greedy: speechforge.decode.greedy.greedy_search with the decoder key/value cache, force_length",
     ]
     decode = {
@@ -155,6 +165,7 @@ def main():
                      "CTC prefix scoring on the top 1.5 x beam attention candidates, force_length")
     common.emit({
         "toolkit": "speechforge", "version": speechforge.__version__, "torch": torch.__version__,
+        "precision": spec["precision"],
         "params": common.count_params(model), "train": train, "decode": decode, "notes": notes,
     })
 

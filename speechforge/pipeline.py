@@ -155,7 +155,7 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("
         results[role] = res
         rates = f"CER {res['cer']:.4f} WER {res['wer']:.4f}" if "cer" in res else "no references"
         log(f"decode {tag} {role}: {res['utterances']} utterances, {rates}")
-    if state.is_main_process:
+    if state.is_main_process and results:  # no split to decode (dev and test both null): no folder
         (folder / "metrics.json").write_text(json.dumps(
             {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision), **results}, indent=2))
     results["folder"] = str(folder)

@@ -66,3 +66,11 @@ def autocast(precision: str, device: torch.device | str):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def allow_tf32(device: torch.device | str) -> None:
+    """fp32 matrix products and convolutions on a CUDA GPU's tensor cores (TF32: fp32 range,
+    a 10-bit mantissa), as PyTorch's own guidance recommends for training; a no-op elsewhere."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, Field
 from speechforge import registry
 from speechforge.decode.greedy import greedy_search
 from speechforge.decode.outputs import decode_batches, gather_records, score
+from speechforge import precision
 from speechforge.precision import Precision
 from speechforge.train import checkpoint
 from speechforge.train.stages import apply_stage, fallback_stage
@@ -64,13 +65,18 @@ class TrainingLoop:
         """trainer.mixed_precision with "auto" decided for this process's device; logged with why."""
         from accelerate import PartialState
 
-        from speechforge import precision
-
         device = torch.device("cpu") if self.cfg["cpu"] else PartialState().device
         chosen, why = precision.resolve(self.cfg["mixed_precision"], device)
         if PartialState().is_main_process:
             log(f"precision: {precision.name(chosen)} ({why})")
-        self.precision = chosen
+        self.mixed_precision = chosen
+        from accelerate.state import AcceleratorState
+
+        if AcceleratorState._shared_state and AcceleratorState().mixed_precision != chosen:
+            # a second run in one process (a notebook, the tests) in another precision: Accelerate
+            # keeps one precision per process, so start its state afresh; the process group
+            # (PartialState) stays
+            AcceleratorState._reset_state()
         return chosen
 
     def stop_requested(self) -> str | None:
@@ -150,6 +156,7 @@ class AccelerateTrainer(TrainingLoop):
         )
         if cfg["trackers"]:
             acc.init_trackers("speechforge", config=_flat_config(exp.recipe.to_dict()))
+        precision.allow_tf32(acc.device)
         model = exp.model
         # Our sampler shards each global batch across processes itself (see shard_batch),
         # so the loaders are not handed to prepare(), which would shard them again.
@@ -233,7 +240,7 @@ class AccelerateTrainer(TrainingLoop):
                 bar = _progress(len(sampler), f"epoch {epoch + 1}/{epochs}", progress and acc.is_main_process)
                 batch_index = start_batch
                 for batch in train_loader:
-                    batch = batch.to(acc.device)
+                    batch = batch.to(acc.device, non_blocking=True)  # from pinned memory on a GPU
                     batch_index += 1
                     with acc.accumulate(model):
                         feats = batch.feats
@@ -330,19 +337,17 @@ class AccelerateTrainer(TrainingLoop):
         if cfg["trackers"]:
             acc.end_training()
         acc.wait_for_everyone()
-        return {"step": step, "epochs": epoch, "precision": self.precision, "best_dev_cer": None if math.isinf(best) else best,
+        return {"step": step, "epochs": epoch, "precision": self.mixed_precision, "best_dev_cer": None if math.isinf(best) else best,
                 "nonfinite_skips": counters["nonfinite_skips"], "history": history}
 
     @torch.no_grad()
     def validate(self, model, loader, loss_fn, exp, acc, log: Log) -> dict[str, float]:
         """Dev loss and greedy CER/WER; each process scores its shard, the numbers are global."""
-        from speechforge.precision import autocast
-
         model.eval()
         total, n = 0.0, 0
         for batch in loader:
             b = batch.to(acc.device)
-            with autocast(self.precision, acc.device):
+            with precision.autocast(self.mixed_precision, acc.device):
                 out = model(b.feats, b.feat_lens, b.tokens_in)
             total += float(loss_fn(out, b.tokens_out, b.token_lens)["loss"]) * len(b.ids)
             n += len(b.ids)
@@ -350,7 +355,7 @@ class AccelerateTrainer(TrainingLoop):
         # the recipe's length limits keep an untrained model from rambling to the cap
         limits = {k: v for k, v in exp.recipe.decode.args.items() if k in ("max_len_ratio", "max_len")}
         records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l, **limits), exp.tokenizer,
-                                 acc.device, self.precision)
+                                 acc.device, self.mixed_precision)
         records = gather_records(records)
         rates = score(records) or {"cer": math.nan, "wer": math.nan}
         samples = records[: self.cfg["sample_transcripts"]]
