@@ -1,0 +1,191 @@
+"""Training speed by commit and precision: what each change was worth, side by side.
+
+    python benchmarks/precision_speed.py --revs dfc4bce,HEAD                 # before / after
+    python benchmarks/precision_speed.py --revs dfc4bce,A,B,HEAD --workload peer
+    python benchmarks/precision_speed.py --quick                             # smoke test
+
+Each revision is checked out into a temporary git worktree; for each revision and each
+precision (fp32, and bf16 autocast with fp32 master weights, as `trainer.mixed_precision`
+runs it) a worker process imports speechforge from that tree and builds the model, loss and
+optimizer from that tree's recipe sections. The workers are stepped in turn, one batch each
+(rotating who goes first), so load that comes and goes on the machine falls on all of them
+alike; each batch counts its best time over the timed rounds.
+
+Workloads:
+  quickstart  recipes/quickstart.toml on the built-in corpus (data/synth, generated if
+              missing): its real bucketed batches, SpecAugment included, AdamW, ce_ctc
+  peer        recipes/bpe5k_ctc.toml on the peer harness's batch shapes (8 utterances of
+              1050-1580 frames, random features and tokens), the recipe's optimizer
+
+Read the ratios, not the absolute times, and give the CPU flags beside them
+(`grep -o 'amx_bf16\\|avx512_bf16' /proc/cpuinfo | sort -u`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_FRAMES = [1580, 1490, 1420, 1375, 1310, 1240, 1160, 1050]
+PEER_TOKENS = [62, 58, 55, 53, 50, 47, 44, 40]
+
+
+# --- a worker: one revision, one precision ------------------------------------------
+
+
+def batches(args, tree: Path):
+    """The workload's batches, built with the tree's own code (the same in every tree)."""
+    import torch
+
+    from speechforge import recipe as recipes
+
+    if args.workload == "peer":
+        raw = recipes.read_toml(tree / "recipes" / "bpe5k_ctc.toml")
+        from speechforge.data.batching import collate
+
+        g = torch.Generator().manual_seed(0)
+        frames = [f // 8 for f in PEER_FRAMES[:2]] if args.quick else PEER_FRAMES
+        tokens = [t // 8 for t in PEER_TOKENS[:2]] if args.quick else PEER_TOKENS
+        items = [{"id": str(i), "feats": torch.randn(n, 80, generator=g), "text": None,
+                  "tokens": torch.randint(5, 5000, (u,), generator=g).tolist()} for i, (n, u) in enumerate(zip(frames, tokens))]
+        return raw, 5000, [], [collate(items)]
+    from speechforge import experiment
+
+    recipe = recipes.load(tree / "recipes" / "quickstart.toml", [f'data.root="{ROOT / "data" / "synth"}"'])
+    exp = experiment.build(recipe, Path(tempfile.mkdtemp()), log=lambda *a: None)
+    loader, _ = exp.loader("train", train=True, seed=0)
+    chosen = []
+    for batch in loader:
+        chosen.append(batch)
+        if len(chosen) == args.batches:
+            break
+    return recipes.read_toml(tree / "recipes" / "quickstart.toml"), exp.tokenizer.vocab_size, exp.augment, chosen
+
+
+def worker(args) -> None:
+    import torch
+
+    from speechforge import recipe as recipes
+
+    torch.set_num_threads(args.threads)
+    tree = Path(args.tree)
+    raw, vocab, augment, data = batches(args, tree)
+    torch.manual_seed(0)
+    model = recipes.validate_component("models", raw["model"], "model").build(vocab_size=vocab, input_dim=80)
+    loss_fn = recipes.validate_component("losses", raw["loss"], "loss").build()
+    optimizer = recipes.validate_component("optimizers", raw["optimizer"], "optimizer").build(model=model)
+    model.train()
+    bf16 = args.precision == "bf16"
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            feats = batch.feats
+            for aug in augment:
+                feats = aug(feats, batch.feat_lens)
+            out = model(feats, batch.feat_lens, batch.tokens_in)
+        loss = loss_fn(out, batch.tokens_out, batch.token_lens)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+
+    for batch in data[: args.warmup]:
+        step(batch)
+    print(json.dumps({"steps": len(data)}), flush=True)
+    for _ in range(args.rounds):
+        for batch in data:
+            sys.stdin.readline()
+            start = time.perf_counter()
+            step(batch)
+            print(json.dumps({"s": time.perf_counter() - start, "frames": int(batch.feat_lens.sum())}), flush=True)
+
+
+# --- the side-by-side run ----------------------------------------------------------
+
+
+class Worker:
+    def __init__(self, name: str, tree: Path, precision: str, argv: list[str]):
+        self.name = name
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, *argv, "--worker", "--tree", str(tree), "--precision", precision],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
+        self.steps = self.read()["steps"]
+        self.times: list[dict] = []
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"{self.name}: the worker died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def step(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        self.times.append(self.read())
+
+    def frames_per_s(self) -> float:
+        best = [min(t["s"] for t in self.times[i :: self.steps]) for i in range(self.steps)]
+        return sum(t["frames"] for t in self.times[: self.steps]) / sum(best)
+
+
+def worktree(rev: str, into: Path) -> Path:
+    sha = subprocess.check_output(["git", "rev-parse", "--short", rev], cwd=ROOT, text=True).strip()
+    path = into / sha
+    subprocess.run(["git", "worktree", "add", "--detach", "-f", str(path), sha], cwd=ROOT, check=True,
+                   capture_output=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--revs", default="HEAD", help="comma-separated git revisions, oldest first (default HEAD)")
+    parser.add_argument("--workload", choices=["quickstart", "peer"], default="quickstart")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--batches", type=int, default=12, help="quickstart batches per round (default 12)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds; each batch counts its best (default 3)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="smoke test: two batches, one round")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.batches, args.rounds, args.warmup = 2, 1, 1
+    if args.worker:
+        worker(args)
+        return
+    argv = [a for a in sys.argv[1:] if a not in ("--worker",)]
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {rev: ROOT if rev == "." else worktree(rev, Path(tmp)) for rev in args.revs.split(",")}
+        try:
+            workers = [Worker(f"{rev}/{p}", tree, p, argv) for rev, tree in trees.items()
+                       for p in args.precisions.split(",")]
+            print(f"workload {args.workload}: {workers[0].steps} batches x {args.rounds} rounds, "
+                  f"{args.threads} threads; workers: {', '.join(w.name for w in workers)}", flush=True)
+            for i in range(workers[0].steps * args.rounds):
+                k = i % len(workers)
+                for w in workers[k:] + workers[:k]:
+                    w.step()
+            for w in workers:
+                w.proc.wait()
+        finally:
+            for tree in trees.values():
+                if tree != ROOT:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    base = workers[0].frames_per_s()
+    print(f"\n{'revision/precision':<24}{'frames/s':>10}{'vs first':>10}")
+    for w in workers:
+        print(f"{w.name:<24}{w.frames_per_s():>10.0f}{w.frames_per_s() / base:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
