@@ -120,7 +120,9 @@ class SynthCorpus(FeatureCorpus):
         self.sizes, self.seed = sizes, seed
 
     def prepare(self, log: Callable[[str], None] = print) -> None:
-        if (self.root / "corpus.json").exists():
+        made = self.root / "corpus.json"
+        if made.exists():
+            self._check_matches(made)
             return
         from speechforge.data.synth import build_corpus
 
@@ -128,6 +130,22 @@ class SynthCorpus(FeatureCorpus):
             f"({self.sizes['train']}/{self.sizes['dev']}/{self.sizes['test']} utterances, seed {self.seed}) ...")
         build_corpus(self.root, n_train=self.sizes["train"], n_dev=self.sizes["dev"], n_test=self.sizes["test"],
                      seed=self.seed, progress=sys.stderr.isatty())
+
+    def _check_matches(self, made: Path) -> None:
+        """A corpus generated earlier with other sizes or another seed is not this recipe's:
+        training on it would quietly use other data."""
+        import json
+
+        from speechforge.data.errors import DataError
+
+        stats = json.loads(made.read_text())
+        have = {role: stats["splits"].get(folder, {}).get("utterances") for role, folder in self.splits.items()}
+        if have != self.sizes or stats.get("seed") != self.seed:
+            raise DataError(
+                f"holds a corpus of {have['train']}/{have['dev']}/{have['test']} train/dev/test utterances, seed "
+                f"{stats.get('seed')}; the recipe asks for {self.sizes['train']}/{self.sizes['dev']}/"
+                f"{self.sizes['test']}, seed {self.seed}. Delete {self.root} to generate it anew, or set data.root "
+                "to another folder", made)
 
 
 @registry.datasets.register("synth")

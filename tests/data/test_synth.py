@@ -186,3 +186,12 @@ def test_refuses_to_write_over_an_existing_corpus(tiny):
     out, _ = tiny
     with pytest.raises(DataError, match="already holds train-clean-100"):
         build_corpus(out, 1, 1, 1, progress=False)
+
+
+def test_a_corpus_made_with_other_sizes_is_refused_by_name(tiny):
+    from speechforge.data.hw4p2 import synth
+
+    out, _ = tiny
+    synth(root=str(out), train_utterances=6, dev_utterances=2, test_utterances=2).prepare()  # its own sizes: fine
+    with pytest.raises(DataError, match=r"corpus\.json: holds a corpus of 6/2/2 .* asks for 4000/2/2, seed 0"):
+        synth(root=str(out), train_utterances=4000, dev_utterances=2, test_utterances=2).prepare()
