@@ -47,7 +47,7 @@ def batches(args, tree: Path):
     from speechforge import recipe as recipes
 
     if args.workload == "peer":
-        raw = recipes.read_toml(tree / "recipes" / "bpe5k_ctc.toml")
+        raw = recipes.read_toml(args.recipe or tree / "recipes" / "bpe5k_ctc.toml")
         from speechforge.data.batching import collate
 
         g = torch.Generator().manual_seed(0)
@@ -58,7 +58,9 @@ def batches(args, tree: Path):
         return raw, 5000, [], [collate(items)]
     from speechforge import experiment
 
-    recipe = recipes.load(tree / "recipes" / "quickstart.toml", [f'data.root="{ROOT / "data" / "synth"}"'])
+    path = args.recipe or tree / "recipes" / "quickstart.toml"
+    root = ROOT / recipes.read_toml(path)["data"]["root"]  # the corpus beside this checkout, not the worktree's
+    recipe = recipes.load(path, [f'data.root="{root}"'])
     exp = experiment.build(recipe, Path(tempfile.mkdtemp()), log=lambda *a: None)
     loader, _ = exp.loader("train", train=True, seed=0)
     chosen = []
@@ -66,7 +68,7 @@ def batches(args, tree: Path):
         chosen.append(batch)
         if len(chosen) == args.batches:
             break
-    return recipes.read_toml(tree / "recipes" / "quickstart.toml"), exp.tokenizer.vocab_size, exp.augment, chosen
+    return recipes.read_toml(path), exp.tokenizer.vocab_size, exp.augment, chosen
 
 
 def worker(args) -> None:
@@ -149,6 +151,8 @@ def main() -> None:
     parser.add_argument("--revs", default="HEAD", help="comma-separated git revisions, oldest first (default HEAD)")
     parser.add_argument("--workload", choices=["quickstart", "peer"], default="quickstart")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--recipe", help="one recipe file for every revision (default: each tree's own recipe of "
+                                         "the workload), so that a comparison across revisions is of code alone")
     parser.add_argument("--batches", type=int, default=12, help="quickstart batches per round (default 12)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; each batch counts its best (default 3)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -163,7 +167,10 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    argv = [a for a in sys.argv[1:] if a not in ("--worker",)]
+    if args.recipe:
+        args.recipe = str(Path(args.recipe).resolve())
+    argv = [a for a in sys.argv[1:] if not a.startswith("--recipe") and a != args.recipe]
+    argv += [f"--recipe={args.recipe}"] if args.recipe else []
     with tempfile.TemporaryDirectory() as tmp:
         trees = {rev: ROOT if rev == "." else worktree(rev, Path(tmp)) for rev in args.revs.split(",")}
         try:

@@ -81,9 +81,13 @@ class MultiHeadAttention(nn.Module):
         # one query at the end of the sequence may see every key: no causal mask needed
         causal = causal and length > 1
         weights = None
-        # SDPA on a CPU takes its slow math kernel and bernoulli_ masks whenever it drops
-        # attention probabilities; spelled out here, the masks are speechforge's cheap ones
-        explicit = need_weights or (p > 0.0 and q.device.type == "cpu" and not torch.compiler.is_compiling())
+        # On a CPU, SDPA is slow in two cases, where the product spelled out here is faster:
+        # when it drops attention probabilities (it falls back to its math kernel and
+        # bernoulli_ masks; here the masks are speechforge's cheap ones), and in bf16, where
+        # its flash kernel took 4x the time of this path for a decoding step and 3-4x for the
+        # quickstart's training step (benchmarks/README.md)
+        explicit = need_weights or (
+            q.device.type == "cpu" and not torch.compiler.is_compiling() and (p > 0.0 or q.dtype != torch.float32))
         if explicit:
             mask = attention_mask(key_valid, length, k.shape[2], causal, q.device)
             scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, L, S)
