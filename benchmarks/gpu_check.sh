@@ -6,7 +6,7 @@
 #
 # The lent GPU machines have torch, accelerate, numpy and sentencepiece but reach no package
 # registry: speechforge installs there without dependencies, and the few pure-Python ones it
-# lacks travel as wheels in .whl/ (benchmarks/README.md, "GPU check", says how to fetch them).
+# lacks travel as wheels in .whl/ (fetched here by benchmarks/gpu_wheels.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
@@ -19,9 +19,9 @@ if ! "$py" -c "import speechforge" 2>/dev/null; then
 fi
 missing=$("$py" -c "
 import importlib.util as u
-print(' '.join(m for m in ('torch', 'numpy', 'pydantic', 'catalogue', 'sentencepiece') if u.find_spec(m) is None))")
+print(' '.join(m for m in ('torch', 'numpy', 'pydantic', 'catalogue', 'sentencepiece', 'jiwer', 'accelerate') if u.find_spec(m) is None))")
 if [ -n "$missing" ]; then
-  echo "gpu_check: missing Python packages: $missing (carry them as wheels in .whl/)" >&2
+  echo "gpu_check: missing Python packages: $missing (fetch them here with benchmarks/gpu_wheels.sh and carry .whl/)" >&2
   exit 2
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

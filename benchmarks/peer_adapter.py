@@ -115,6 +115,16 @@ def main():
         feats = torch.stack(utts)  # the spec's utterances share one length: no padding
         return model.encode(feats, torch.full((len(utts),), feats.shape[1]))
 
+    def as_speechforge_decodes(decode_all):
+        """Under torch.no_grad, as speechforge's decode_batches runs a decoder: the harness
+        times inside torch.inference_mode, where torch's autocast does not cache its bf16
+        weight casts and would re-cast every weight at every step (a no-op at fp32)."""
+        def run(utts):
+            with torch.inference_mode(False), torch.no_grad():
+                return decode_all(utts)
+
+        return run
+
     def one_at_a_time(search):
         def decode_all(utts):
             lengths = []
@@ -123,7 +133,7 @@ def main():
                 lengths.append(len(search(enc_out, enc_lens)[0][0].tokens))
             return lengths
 
-        return decode_all
+        return as_speechforge_decodes(decode_all)
 
     common.log("decode greedy")
     notes = [
@@ -135,6 +145,8 @@ def main():
         f"precision {spec['precision']}: " + ("forward passes under bf16 autocast (speechforge.precision.autocast, as "
         "trainer.mixed_precision = 'bf16' runs them), fp32 master weights; decoding under the harness's bf16 autocast, "
         "search scores in fp64" if spec["precision"] == "bf16" else "fp32 throughout"),
+        "decoding runs under torch.no_grad as speechforge's decode_batches does (the harness's inference_mode "
+        "stops autocast from caching its bf16 weight casts)",
         "dropout masks: speechforge.model.dropout (16 random bits an element, four per 64-bit draw)",
         "greedy: speechforge.decode.greedy.greedy_search with the decoder key/value cache, force_length",
     ]
@@ -150,6 +162,7 @@ def main():
         def beam_of(ctc_weight):
             return lambda e, n: beam_search(model, e, n, beam_size=beam, ctc_weight=ctc_weight, force_length=steps)
 
+        @as_speechforge_decodes
         def batched(utts):
             enc_out, enc_lens = encode(utts)
             return [len(h[0].tokens) for h in beam_of(dspec["ctc_weight"])(enc_out, enc_lens)]

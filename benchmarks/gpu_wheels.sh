@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Fetch, here, the wheels that benchmarks/gpu_check.sh needs on a lent GPU machine, which has
+# torch, accelerate, numpy and sentencepiece but reaches no package registry: speechforge's
+# other import-time dependencies, for its Python 3.12 on x86-64, into .whl/ (git-ignored).
+# Then carry .whl with the device call: bash benchmarks/gpu_check.sh installs them first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+platforms=()
+for n in 2_28 2_27 2_17 2014 1; do
+  case $n in 2014) platforms+=(--platform manylinux2014_x86_64);; 1) platforms+=(--platform manylinux1_x86_64);;
+    *) platforms+=(--platform "manylinux_${n}_x86_64");; esac
+done
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
+  -d .whl pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2 \
+  catalogue==2.0.10 jiwer==4.0.0 rapidfuzz==3.14.6
+ls .whl
