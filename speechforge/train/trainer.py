@@ -278,7 +278,7 @@ class AccelerateTrainer(TrainingLoop):
                         rec.update({k: round(v, 5) for k, v in mean.items() if k != "loss"})
                         write_metrics(rec)
                         if bar is None and acc.is_main_process:
-                            log(" ".join(f"{k}={v}" for k, v in rec.items()))
+                            log(" ".join(f"{k}={_number(v)}" for k, v in rec.items()))
                     every = cfg["checkpoint_every_steps"]
                     if every and step % every == 0:
                         save(epoch, batch_index)
@@ -450,6 +450,15 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _number(v: Any) -> str:
+    """A float as a person reads it in a log line: 3.03e-04, not 0.00030300000000000005."""
+    if not isinstance(v, float):
+        return str(v)
+    if v != 0 and abs(v) < 1e-2:
+        return f"{v:.2e}"
+    return f"{v:.0f}" if abs(v) >= 1e3 else f"{v:.4g}"
 
 
 def _epoch_line(r: dict[str, Any]) -> str:
