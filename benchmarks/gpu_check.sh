@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh [--quick] [--json FILE]
 #
 # The lent GPU machines have torch, accelerate, numpy and sentencepiece but reach no package
-# registry: speechforge installs there without dependencies, and the few pure-Python ones it
+# registry: speechforge installs there without dependencies, and the few packages it
 # lacks travel as wheels in .whl/ (fetched here by benchmarks/gpu_wheels.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

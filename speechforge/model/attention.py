@@ -15,6 +15,8 @@ from torch import nn
 
 from speechforge.model.dropout import dropout
 
+_HALF = (torch.bfloat16, torch.float16)
+
 
 def padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(B,) lengths -> (B, S) bool, True at real (non-padded) positions."""
@@ -87,7 +89,7 @@ class MultiHeadAttention(nn.Module):
         # its flash kernel took 4x the time of this path for a decoding step and 3-4x for the
         # quickstart's training step (benchmarks/README.md)
         explicit = need_weights or (
-            q.device.type == "cpu" and not torch.compiler.is_compiling() and (p > 0.0 or q.dtype != torch.float32))
+            q.device.type == "cpu" and not torch.compiler.is_compiling() and (p > 0.0 or q.dtype in _HALF))
         if explicit:
             mask = attention_mask(key_valid, length, k.shape[2], causal, q.device)
             scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)  # (B, H, L, S)

@@ -267,3 +267,25 @@ def test_query_with_no_visible_key_gives_same_output_on_both_paths():
     fused, _ = layer(query, memory, memory, key_valid=key_valid)
     explicit, _ = layer(query, memory, memory, key_valid=key_valid, need_weights=True)
     torch.testing.assert_close(explicit, fused)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bf16_autocast_matches_numpy_reference_within_bf16_rounding(case):
+    # on a CPU, bf16 takes the explicit product rather than SDPA: it must still be attention
+    batch, query_len, key_len, lengths, causal, self_attention = CASES[case]
+    layer, reference = make_pair(0)
+    layer.float()
+    gen = torch.Generator().manual_seed(1)
+    query = torch.randn(batch, query_len, D_MODEL, dtype=torch.float64, generator=gen)
+    key = query if self_attention else torch.randn(batch, key_len, D_MODEL, dtype=torch.float64, generator=gen)
+    value = query if self_attention else torch.randn(batch, key_len, D_MODEL, dtype=torch.float64, generator=gen)
+    key_valid = None if lengths is None else padding_mask(torch.tensor(lengths), key_len)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(query.float(), key.float(), value.float(), key_valid=key_valid, causal=causal)
+    ref_out = reference.forward(query.numpy(), key.numpy(), value.numpy(),
+                                key_padding_mask=None if key_valid is None else ~key_valid.numpy(),
+                                attn_mask=causal_mask(query_len, key_len) if causal else None)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps 8 mantissa bits: each rounding is within 2^-9 relative; a few roundings in a row
+    np.testing.assert_allclose(out.float().detach().numpy(), ref_out, rtol=0, atol=0.05)
+    assert np.abs(out.float().detach().numpy() - ref_out).mean() < 0.01
