@@ -165,6 +165,17 @@ def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: 
     return min(steps, max_steps) if max_steps else steps
 
 
+def schedule_warning(recipe: Recipe, steps: int) -> str | None:
+    """One line when the schedule cannot do what it says: a warm-up longer than the run."""
+    warmup = recipe.scheduler.args.get("warmup_steps") or 0
+    if steps >= warmup:
+        return None
+    lr = recipe.optimizer.args.get("lr")
+    return (f"scheduler.warmup_steps = {warmup} but the run has {steps} optimizer steps: the learning rate never "
+            f"reaches its peak (it stops at {steps / warmup:.0%} of optimizer.lr = {lr:g}); lower warmup_steps "
+            "or train longer")
+
+
 def dataset_stats(exp: Experiment) -> dict[str, dict[str, float]]:
     stats = {}
     for role in ("train", "dev", "test"):

@@ -88,6 +88,9 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"], trainer.cfg["max_steps"],
                                    recipe.stages)
     schedule = recipe.scheduler.build(total_steps=steps).attach(optimizer)
+    warning = experiment.schedule_warning(recipe, steps)
+    if warning:
+        log(f"warning: {warning}")
     summary = trainer.fit(exp, loss_fn, optimizer, schedule, log=log, progress=progress)
 
     exp.model.load_state_dict(experiment.load_weights(run_dir, "best"))
