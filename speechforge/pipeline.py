@@ -73,6 +73,7 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     if state.is_main_process:
         exp.save_assets()
         (run_dir / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+        experiment.write_skipped(exp)
     state.wait_for_everyone()
     for role, s in stats.items():
         log(f"data.{role}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
