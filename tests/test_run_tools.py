@@ -119,3 +119,14 @@ def test_check_and_plot_lr_warn_when_the_warm_up_outlasts_the_run(tmp_path, caps
     assert warning in capsys.readouterr().out
     assert main(["check", str(recipe), *args, "--set", "scheduler.warmup_steps=1"]) == 0
     assert "warning:" not in capsys.readouterr().out
+
+
+def test_report_opens_with_the_facts_and_every_decode(run_dir, capsys):
+    assert main(["--quiet", "decode", str(run_dir), "--split", "dev", "--set", "decode.max_len_ratio=0.5"]) == 0
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    first = page[: page.index("<h2>Curves</h2>")]
+    for fact in ("parameters", "training data", "hours", "training time", "best dev CER"):
+        assert fact in first, fact
+    assert first.count("<tr><td>greedy</td>") == 2 and "max_len_ratio=0.5" in first
+    assert '"best_dev_cer"' not in first  # the raw summary comes last, folded
