@@ -96,9 +96,26 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
-def _report_skips(split: Split, role: str, log: Log) -> None:
+SKIPPED_FILE = "skipped.tsv"
+
+
+def _report_skips(split: Split, role: str, log: Log, run_dir: Path | None = None) -> None:
     if split.skipped:
-        log(f"data.{role}: skipped {len(split.skipped)} bad file(s), e.g. {split.skipped[0]}")
+        where = f"; all of them in {run_dir / SKIPPED_FILE}" if run_dir is not None else ""
+        log(f"data.{role}: skipped {len(split.skipped)} bad file(s), e.g. {split.skipped[0]}{where}")
+
+
+def write_skipped(exp: "Experiment") -> int:
+    """Every file left out of every split, one per line (split, file or file:line, reason), in
+    the run directory: a user with 40 bad files among 28,000 needs all 40."""
+    rows = []
+    for role in ("train", "dev", "test"):
+        if exp.corpus.has(role):
+            rows += [(role, *entry.partition(": ")[::2]) for entry in exp.corpus.split(role).skipped]
+    if rows:
+        lines = ["split\tfile\treason"] + ["\t".join(r) for r in rows]
+        (exp.run_dir / SKIPPED_FILE).write_text("\n".join(lines) + "\n")
+    return len(rows)
 
 
 def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, dry: bool = False) -> Experiment:
@@ -122,7 +139,7 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
         else:
             raise
     if train_split is not None:
-        _report_skips(train_split, "train", log)
+        _report_skips(train_split, "train", log, None if dry else run_dir)
 
     tokenizer = recipe.tokenizer.build()
     tok_dir = run_dir / "tokenizer"
@@ -165,12 +182,25 @@ def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: 
     return min(steps, max_steps) if max_steps else steps
 
 
+def schedule_warning(recipe: Recipe, steps: int) -> str | None:
+    """One line when the schedule cannot do what it says: a warm-up longer than the run."""
+    warmup = recipe.scheduler.args.get("warmup_steps") or 0
+    if steps >= warmup:
+        return None
+    lr = recipe.optimizer.args.get("lr")
+    return (f"scheduler.warmup_steps = {warmup} but the run has {steps} optimizer steps: the learning rate never "
+            f"reaches its peak (it stops at {steps / warmup:.0%} of optimizer.lr = {lr:g}); lower warmup_steps "
+            "or train longer")
+
+
 def dataset_stats(exp: Experiment) -> dict[str, dict[str, float]]:
     stats = {}
     for role in ("train", "dev", "test"):
         if exp.corpus.has(role):
             split = exp.corpus.split(role)
             s = split.stats()
+            if split.skipped:
+                s["skipped_by_reason"] = split.skipped_by_reason()
             if split.has_text:
                 s["tokens"] = sum(len(exp.tokenizer.encode(u.text)) for u in split.utterances)
             stats[role] = s

@@ -10,9 +10,9 @@ from typing import Any, Callable
 import torch
 
 from speechforge import experiment, recipe as recipe_mod
-from speechforge.decode.outputs import decode_batches, decode_tag, gather_records, write_outputs
+from speechforge.decode.outputs import decode_batches, decode_tag, decoder_defaults, gather_records, write_outputs
 from speechforge.model.transformer import count_parameters
-from speechforge.precision import name as precision_name
+from speechforge.precision import name as precision_name, resolve as resolve_precision
 from speechforge.recipe import Recipe, RecipeError
 
 Log = Callable[[str], None]
@@ -73,6 +73,7 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     if state.is_main_process:
         exp.save_assets()
         (run_dir / "dataset_stats.json").write_text(json.dumps(stats, indent=2))
+        experiment.write_skipped(exp)
     state.wait_for_everyone()
     for role, s in stats.items():
         log(f"data.{role}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
@@ -88,6 +89,9 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     steps = experiment.total_steps(exp, trainer.cfg["epochs"], trainer.cfg["grad_accum_steps"], trainer.cfg["max_steps"],
                                    recipe.stages)
     schedule = recipe.scheduler.build(total_steps=steps).attach(optimizer)
+    warning = experiment.schedule_warning(recipe, steps)
+    if warning:
+        log(f"warning: {warning}")
     summary = trainer.fit(exp, loss_fn, optimizer, schedule, log=log, progress=progress)
 
     exp.model.load_state_dict(experiment.load_weights(run_dir, "best"))
@@ -137,8 +141,11 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("
     if hasattr(decoder, "bind"):
         decoder.bind(exp.tokenizer)
     precision = decode_precision(recipe, state.device)
-    # a bf16 decode sits beside the fp32 one of the same decoder, not over it
-    tag = decode_tag(recipe.decode.name, recipe.decode.args) + ("-bf16" if precision == "bf16" else "") + suffix
+    tag = decode_tag(recipe.decode.name, recipe.decode.args, decoder_defaults(recipe.decode.name))
+    if precision != resolve_precision("auto", state.device)[0]:
+        # a decode in the other precision than this device's default sits beside it, not over it
+        tag += f"-{precision_name(precision)}"
+    tag += suffix
     folder = run_dir / "decode" / tag
     model.to(state.device)
     results = {}

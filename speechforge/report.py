@@ -15,6 +15,7 @@ from typing import Any
 import jiwer
 
 from speechforge import plots
+from speechforge.decode.outputs import decoder_defaults
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -61,6 +62,70 @@ def worst_utterances(run_dir: Path, n: int = 10) -> list[dict[str, Any]]:
     return sorted(scored, key=lambda r: -r["cer"])[:n]
 
 
+def _parameters(run_dir: Path) -> int | None:
+    """Parameters of the run's weights, a tied tensor counted once."""
+    path = run_dir / "best.pt"
+    if not path.exists():
+        return None
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    seen, total = set(), 0
+    for tensor in state.get("model", state).values():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel()
+    return total
+
+
+def decodes(run_dir: Path) -> list[dict[str, Any]]:
+    """Every decode of the run: its folder, decoder and arguments, precision, scores per split."""
+    out = []
+    for path in sorted((run_dir / "decode").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime):
+        m = json.loads(path.read_text())
+        out.append({"folder": path.parent.name, "decoder": m.get("decoder", {}), "precision": m.get("precision", "-"),
+                    **{split: m[split] for split in ("dev", "test") if split in m}})
+    return out
+
+
+def _first_screen(run_dir: Path, summary: dict[str, Any], epochs: list[dict[str, Any]]) -> str:
+    """What a person wants first: what was trained on what, for how long, and how well."""
+    def cell(x: Any, fmt: str = "{:.4f}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    stats_path = run_dir / "dataset_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    recipe = (run_dir / "recipe.toml").read_text() if (run_dir / "recipe.toml").exists() else ""
+    params = _parameters(run_dir)
+    facts = [
+        ("parameters", "-" if params is None else f"{params:,}"),
+        ("training data", cell(stats.get("train", {}).get("hours"), "{:.2f} hours") + ", "
+         + cell(stats.get("train", {}).get("utterances"), "{} utterances")),
+        ("training time", cell(sum(e.get("seconds", 0) for e in epochs) or None, "{:.0f} s")
+         + f" ({summary.get('step', '-')} steps, {summary.get('epochs', '-')} epochs, "
+           f"{summary.get('precision', '-')})"),
+        ("best dev CER (greedy, while training)", cell(summary.get("best_dev_cer"))),
+    ]
+    rows = []
+    for d in decodes(run_dir):
+        name = d["decoder"].get("name", d["folder"])
+        try:
+            defaults = decoder_defaults(name)
+        except Exception:  # a plugin decoder no longer installed: show every argument
+            defaults = {}
+        args = ", ".join(f"{k}={v}" for k, v in d["decoder"].items() if k != "name" and defaults.get(k, object()) != v)
+        scores = "".join(f"<td>{cell(d.get(split, {}).get(k))}</td>" for split in ("dev", "test") for k in ("cer", "wer"))
+        seconds = sum(d.get(split, {}).get("seconds", 0) for split in ("dev", "test"))
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(args)}</td>"
+                    f"<td>{html.escape(str(d['precision']))}</td>{scores}<td>{seconds:.1f}</td></tr>")
+    table = ("<table><tr><th>decoder</th><th>arguments</th><th>precision</th><th>dev CER</th><th>dev WER</th>"
+             "<th>test CER</th><th>test WER</th><th>seconds</th></tr>" + "".join(rows) + "</table>") if rows else \
+        "<p>no decodes yet</p>"
+    listing = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
+    return (f'<table class="facts">{listing}</table><h2>Decodes</h2>{table}'
+            f"<details><summary>recipe</summary><pre>{html.escape(recipe)}</pre></details>")
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     out = out or run_dir / "report.html"
@@ -92,18 +157,20 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 <style>
 body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
 img {{ max-width: 100%; }} .grid {{ display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }}
-table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; }} .facts th {{ text-align: left; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; }}
 .sub {{ background: #fd8; }} .ins {{ background: #8df; }} .del {{ background: #f99; text-decoration: line-through; }}
 </style></head><body>
 <h1>Run {html.escape(str(run_dir))}</h1>
-<pre>{html.escape(json.dumps(summary, indent=2))}</pre>
+{_first_screen(run_dir, summary, epochs)}
 <h2>Curves</h2><div class="grid">{''.join(images)}</div>
 <h2>Latest attention maps</h2>{_img(attention) if attention.exists() else '<p>none yet</p>'}
 <h2>Worst dev utterances</h2>
 <p><span class="sub">substitution</span> <span class="ins">insertion</span> <span class="del">deletion</span></p>
 <table><tr><th>id</th><th>CER</th><th>reference</th><th>hypothesis</th></tr>
 {rows}
-</table></body></html>
+</table>
+<details><summary>summary.json</summary><pre>{html.escape(json.dumps(summary, indent=2))}</pre></details>
+</body></html>
 """
     out.write_text(page)
     return out

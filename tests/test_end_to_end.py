@@ -78,3 +78,28 @@ def test_overfits_two_training_utterances_below_10_percent_cer(tiny_recipe, tmp_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["decode"]["dev"]["utterances"] == 2
     assert summary["decode"]["dev"]["cer"] < 0.10, summary["decode"]["dev"]
+
+
+def test_a_run_lists_every_skipped_file_and_counts_them_by_reason(tiny_recipe, tmp_path, hw4p2_root, capsys):
+    import shutil
+
+    import numpy as np
+
+    root = tmp_path / "data"
+    shutil.copytree(hw4p2_root, root)
+    fbank = root / "train-clean-100" / "fbank"
+    (fbank / "empty.npy").write_bytes(b"")
+    (fbank / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(fbank / "flat.npy", np.zeros(5, np.float32))
+    for name in ("empty", "corrupt", "flat"):
+        np.save(root / "train-clean-100" / "text" / f"{name}.npy", np.array(list("A")))
+    run_dir = tmp_path / "run"
+    code = run_cli("run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", f'data.root="{root}"',
+                   "--set", 'data.on_bad_file="skip"', "--set", "data.max_utterances=40", "--set", "trainer.max_steps=1",
+                   "--set", "trainer.epochs=1", "--set", "trainer.trackers=[]")
+    assert code == 0
+    rows = (run_dir / "skipped.tsv").read_text().splitlines()
+    assert rows[0] == "split\tfile\treason" and len(rows) == 4
+    assert {r.split("\t")[1] for r in rows[1:]} == {str(fbank / f"{n}.npy") for n in ("empty", "corrupt", "flat")}
+    stats = json.loads((run_dir / "dataset_stats.json").read_text())
+    assert sum(stats["train"]["skipped_by_reason"].values()) == 3

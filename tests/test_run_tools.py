@@ -106,3 +106,27 @@ def test_plot_lr_draws_the_schedule_before_training(tmp_path, capsys, hw4p2_root
     assert main(["plot-lr", str(recipe), "--set", f"data.root={hw4p2_root}", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000
     assert "warmup_cosine" in capsys.readouterr().out
+
+
+def test_check_and_plot_lr_warn_when_the_warm_up_outlasts_the_run(tmp_path, capsys, hw4p2_root):
+    recipe = REPO / "recipes" / "bpe5k_ctc.toml"
+    args = ["--set", f'data.root="{hw4p2_root}"', "--set", "trainer.epochs=1"]
+    assert main(["check", str(recipe), *args]) == 0
+    out = capsys.readouterr().out
+    warning = next(line for line in out.splitlines() if line.startswith("warning: "))
+    assert "scheduler.warmup_steps = 2000 but the run has" in warning and "never reaches its peak" in warning
+    assert main(["plot-lr", str(recipe), *args, "--out", str(tmp_path / "lr.png")]) == 0
+    assert warning in capsys.readouterr().out
+    assert main(["check", str(recipe), *args, "--set", "scheduler.warmup_steps=1"]) == 0
+    assert "warning:" not in capsys.readouterr().out
+
+
+def test_report_opens_with_the_facts_and_every_decode(run_dir, capsys):
+    assert main(["--quiet", "decode", str(run_dir), "--split", "dev", "--set", "decode.max_len_ratio=0.5"]) == 0
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    first = page[: page.index("<h2>Curves</h2>")]
+    for fact in ("parameters", "training data", "hours", "training time", "best dev CER"):
+        assert fact in first, fact
+    assert first.count("<tr><td>greedy</td>") == 2 and "max_len_ratio=0.5" in first
+    assert '"best_dev_cer"' not in first  # the raw summary comes last, folded

@@ -50,6 +50,12 @@ class Split:
     utterances: list[Utterance]
     skipped: list[str] = field(default_factory=list)  # "path: reason" of every file left out
 
+    def skipped_by_reason(self) -> dict[str, int]:
+        """How many files were left out for each kind of reason."""
+        from collections import Counter
+
+        return dict(Counter(skip_reason(entry)[1] for entry in self.skipped))
+
     @property
     def has_text(self) -> bool:
         return bool(self.utterances) and all(u.text is not None for u in self.utterances)
@@ -63,6 +69,13 @@ class Split:
             "characters": sum(len(u.text or "") for u in self.utterances),
             "skipped": len(self.skipped),
         }
+
+
+def skip_reason(entry: str) -> tuple[str, str]:
+    """A ``Split.skipped`` entry ("file: reason" or "file:line: reason") as (where, the kind of
+    reason: its words before any detail in parentheses or after a colon or semicolon)."""
+    where, _, reason = entry.partition(": ")
+    return where, reason.split(" (")[0].split(";")[0].split(": ")[0].strip() or reason
 
 
 def load_features(path: Path, num_mel_bins: int) -> np.ndarray:

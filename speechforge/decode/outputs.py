@@ -86,17 +86,38 @@ def write_outputs(records: list[dict[str, Any]], folder: Path, split: str) -> di
     return result
 
 
-def decode_tag(name: str, args: dict[str, Any]) -> str:
-    """A folder name per decoding configuration, so configurations sit side by side."""
+def decode_tag(name: str, args: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
+    """A folder name per decoding configuration, so configurations sit side by side: the
+    decoder's name and the arguments that differ from its ``defaults`` (``beam-beam_size4-
+    ctc_weight0.4``); a name that would pass 80 characters keeps its start and a digest of
+    all the arguments, so two configurations never share a folder. metrics.json beside the
+    outputs holds every argument."""
+    defaults = defaults or {}
     parts = [name]
     for key in sorted(args):
         value = args[key]
-        if isinstance(value, (int, float, str, bool)):
-            parts.append(f"{key}{value}")
-        elif value is not None:
+        plain = value.to_dict() if hasattr(value, "to_dict") else value
+        if key in defaults and plain == defaults[key]:
+            continue
+        if isinstance(plain, (int, float, str, bool)):
+            parts.append(f"{key}{plain}")
+        elif plain is not None:
             # a nested component (an LM scorer, say): its name and a digest of its arguments
-            plain = value.to_dict() if hasattr(value, "to_dict") else value
             digest = hashlib.sha1(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:8]
             parts.append(f"{key}{plain.get('name', '') if isinstance(plain, dict) else ''}{digest}")
-    tag = "-".join(parts)
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in tag)[:120]
+    tag = "".join(c if c.isalnum() or c in "-_." else "_" for c in "-".join(parts))
+    if len(tag) > 80:
+        everything = json.dumps({k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in args.items()},
+                                sort_keys=True, default=str)
+        tag = f"{tag[:71]}-{hashlib.sha1(everything.encode()).hexdigest()[:8]}"
+    return tag
+
+
+def decoder_defaults(name: str) -> dict[str, Any]:
+    """The registered decoder's own defaults, from its factory's signature."""
+    import inspect
+
+    from speechforge import registry
+
+    params = inspect.signature(registry.resolve("decoders", name)).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}

@@ -339,3 +339,21 @@ def test_a_character_the_tokenizer_cannot_encode_names_the_utterance(tmp_path):
         experiment.build(recipe_mod.validate(raw), tmp_path / "run", log=lambda m: None)
     assert str(e.value).startswith("11-0-0002: characters outside the tokenizer's alphabet: 'T'")
 
+
+
+def test_every_skipped_file_is_listed_with_counts_per_reason(tmp_path):
+    from speechforge.data.corpus import skip_reason
+
+    root = write_layout("jsonl", tmp_path / "j", recordings("george", range(6)))
+    wheres = [_unreadable("jsonl", root)]
+    path = _retarget("jsonl", root, "11-0-0002", root / "cut.wav")
+    _truncate(path)
+    wheres.append(str(path))
+    manifest = split_path("jsonl", root, "train")
+    manifest.write_text(manifest.read_text() + "{not json\n")
+    split = build("jsonl", root, dev=None, on_bad_file="skip").split("train")
+    assert len(split.skipped) == 3, split.skipped
+    listed = [skip_reason(entry)[0] for entry in split.skipped]
+    assert all(any(w == where for where in listed) for w in wheres), listed
+    assert any(where.startswith(f"{manifest}:") for where in listed)
+    assert sum(split.skipped_by_reason().values()) == 3

@@ -211,3 +211,20 @@ def test_recipe_rejects_out_of_range_options():
         assert e.value.problems[0][0] == f"decode.{key}"
     with pytest.raises(RecipeError, match="lm_weight"):
         validate_component("decoders", {"name": "beam", "lm_weight": 0.5}, "decode").build()
+
+
+def test_decode_folders_name_what_differs_from_the_defaults():
+    from speechforge.decode.outputs import decode_tag, decoder_defaults
+    from speechforge.recipe import validate_component
+
+    def tag(section):
+        spec = validate_component("decoders", section, "decode")
+        return decode_tag(spec.name, spec.args, decoder_defaults(spec.name))
+
+    assert tag({"name": "greedy"}) == "greedy"
+    assert tag({"name": "beam", "beam_size": 4, "ctc_weight": 0.4}) == "beam-beam_size4-ctc_weight0.4"
+    long_a = tag({"name": "beam", "beam_size": 4, "ctc_weight": 0.4, "length_bonus": 0.5, "min_len_ratio": 0.1,
+                  "max_len_ratio": 0.9, "repeat_penalty": 1.2, "temperature": 0.8})
+    long_b = tag({"name": "beam", "beam_size": 4, "ctc_weight": 0.4, "length_bonus": 0.5, "min_len_ratio": 0.1,
+                  "max_len_ratio": 0.9, "repeat_penalty": 1.2, "temperature": 0.9})
+    assert len(long_a) <= 80 and len(long_b) <= 80 and long_a != long_b
