@@ -128,5 +128,6 @@ def test_report_opens_with_the_facts_and_every_decode(run_dir, capsys):
     first = page[: page.index("<h2>Curves</h2>")]
     for fact in ("parameters", "training data", "hours", "training time", "best dev CER"):
         assert fact in first, fact
-    assert first.count("<tr><td>greedy</td>") == 2 and "max_len_ratio=0.5" in first
+    decodes = list((run_dir / "decode").glob("*/metrics.json"))  # other tests of this module decode too
+    assert len(decodes) >= 2 and first.count("<tr><td>greedy</td>") == len(decodes) and "max_len_ratio=0.5" in first
     assert '"best_dev_cer"' not in first  # the raw summary comes last, folded
