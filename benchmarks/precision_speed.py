@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stepped import SteppedWorker
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER_FRAMES = [1580, 1490, 1420, 1375, 1310, 1240, 1160, 1050]
 PEER_TOKENS = [62, 58, 55, 53, 50, 47, 44, 40]
@@ -112,30 +114,17 @@ def worker(args) -> None:
 # --- the side-by-side run ----------------------------------------------------------
 
 
-class Worker:
+class Worker(SteppedWorker):
+    """One revision at one precision, in its own process with that tree's speechforge."""
+
     def __init__(self, name: str, tree: Path, precision: str, argv: list[str]):
-        self.name = name
-        env = dict(os.environ, PYTHONPATH=str(tree))
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, *argv, "--worker", "--tree", str(tree), "--precision", precision],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
-        self.steps = self.read()["steps"]
-        self.times: list[dict] = []
-
-    def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            sys.exit(f"{self.name}: the worker died (exit {self.proc.wait()})")
-        return json.loads(line)
-
-    def step(self) -> None:
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        self.times.append(self.read())
+        super().__init__(name, [sys.executable, __file__, *argv, "--worker", "--tree", str(tree), "--precision", precision],
+                         env=dict(os.environ, PYTHONPATH=str(tree)), cwd=tree)
+        self.steps = self.info["steps"]
 
     def frames_per_s(self) -> float:
-        best = [min(t["s"] for t in self.times[i :: self.steps]) for i in range(self.steps)]
-        return sum(t["frames"] for t in self.times[: self.steps]) / sum(best)
+        best = [min(t["s"] for t in self.records[i :: self.steps]) for i in range(self.steps)]
+        return sum(t["frames"] for t in self.records[: self.steps]) / sum(best)
 
 
 def worktree(rev: str, into: Path) -> Path:

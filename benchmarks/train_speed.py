@@ -32,7 +32,6 @@ import json
 import math
 import random
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from stepped import SteppedWorker
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,27 +219,11 @@ def worker(args) -> None:
 # --- the side-by-side run ------------------------------------------------------
 
 
-class Config:
-    """A worker process, stepped one batch at a time."""
+class Config(SteppedWorker):
+    """A configuration's worker process, stepped one batch at a time."""
 
     def __init__(self, name: str, argv: list[str]):
-        self.name = name
-        self.proc = subprocess.Popen([sys.executable, __file__, *argv, "--worker", name],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.info = self.read()
-        self.steps: list[dict] = []
-
-    def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            sys.exit(f"{self.name}: the worker died (exit {self.proc.wait()})")
-        return json.loads(line)
-
-    def step(self) -> dict:
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        self.steps.append(self.read())
-        return self.steps[-1]
+        super().__init__(name, [sys.executable, __file__, *argv, "--worker", name])
 
     def finish(self, warmup: int) -> dict:
         self.info.update(self.read())
@@ -247,7 +231,7 @@ class Config:
         # each batch's best time over the timed epochs: a burst of load elsewhere only
         # lengthens a step, so the minimum is the estimate it spoils least (as timeit does)
         n = self.info["steps"]
-        timed = self.steps[warmup:]
+        timed = self.records[warmup:]
         best = [min(x["s"] for x in timed[i::n]) for i in range(n)]
         seconds = sum(best)
         return dict(self.info, seconds=seconds, s_per_step=seconds / n,
@@ -286,7 +270,7 @@ def main():
     for i in range(rounds):
         turn = configs[i % len(configs):] + configs[: i % len(configs)]  # rotate who goes first
         for c in turn:
-            if len(c.steps) < args.warmup + c.info["steps"] * args.epochs:
+            if len(c.records) < args.warmup + c.info["steps"] * args.epochs:
                 x = c.step()
                 print(f"  step {i + 1}/{rounds} {c.name}: {x['s']:.2f} s, {x['padded']} padded frames",
                       file=sys.stderr, flush=True)
@@ -309,7 +293,7 @@ def main():
         return results[a][key] / results[b][key]
 
     # sf_same and reference_a0 train the same model on identical batches: their per-step ratios show the noise
-    same = sorted(r["s"] / s["s"] for r, s in zip(configs[1].steps[args.warmup:], configs[2].steps[args.warmup:]))
+    same = sorted(r["s"] / s["s"] for r, s in zip(configs[1].records[args.warmup:], configs[2].records[args.warmup:]))
     print("\nratios (>1 means the first is faster)")
     print(f"  speechforge / reference, frames/s:     {ratio('speechforge', 'reference', 'frames_per_s'):.2f}x"
           "   (the issue's target: >= 1.2x)")
