@@ -99,12 +99,6 @@ def _writable(path: Path) -> bool:
 SKIPPED_FILE = "skipped.tsv"
 
 
-def _report_skips(split: Split, role: str, log: Log, run_dir: Path | None = None) -> None:
-    if split.skipped:
-        where = f"; all of them in {run_dir / SKIPPED_FILE}" if run_dir is not None else ""
-        log(f"data.{role}: skipped {len(split.skipped)} bad file(s), e.g. {split.skipped[0]}{where}")
-
-
 def write_skipped(exp: "Experiment") -> int:
     """Every file left out of every split, one per line (split, file or file:line, reason), in
     the run directory: a user with 40 bad files among 28,000 needs all 40."""
@@ -139,7 +133,9 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
         else:
             raise
     if train_split is not None:
-        _report_skips(train_split, "train", log, None if dry else run_dir)
+        line = train_split.skip_line("train", None if dry else run_dir / SKIPPED_FILE)
+        if line:
+            log(line)
 
     tokenizer = recipe.tokenizer.build()
     tok_dir = run_dir / "tokenizer"

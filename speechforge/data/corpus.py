@@ -50,6 +50,13 @@ class Split:
     utterances: list[Utterance]
     skipped: list[str] = field(default_factory=list)  # "path: reason" of every file left out
 
+    def skip_line(self, role: str, listed_in: Path | None = None) -> str | None:
+        """The log line about the files left out, or None when there are none."""
+        if not self.skipped:
+            return None
+        where = f"; all of them in {listed_in}" if listed_in is not None else ""
+        return f"data.{role}: skipped {len(self.skipped)} bad file(s), e.g. {self.skipped[0]}{where}"
+
     def skipped_by_reason(self) -> dict[str, int]:
         """How many files were left out for each kind of reason."""
         from collections import Counter

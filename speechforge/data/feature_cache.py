@@ -219,7 +219,7 @@ def prepare_all(corpus: FeatureCorpus, log: Log = print) -> dict[str, dict[str, 
             split = corpus.split(role)
             stats[role] = split.stats()
             if split.skipped:
-                log(f"data.{role}: skipped {len(split.skipped)} bad file(s), e.g. {split.skipped[0]}")
+                log(split.skip_line(role))
     if "train" in stats:
         lengths = [u.num_frames for u in corpus.split("train").utterances]
         batches = BucketBatchSampler(lengths, corpus.max_frames, corpus.batch_size, corpus.bucketed, shuffle=False).batches()
