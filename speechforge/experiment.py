@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from speechforge import recipe as recipe_mod
 from speechforge.data.batching import BucketBatchSampler, UtteranceDataset, collate, padding_fraction
-from speechforge.data.corpus import Split, check_encodable
+from speechforge.data.corpus import check_encodable
 from speechforge.data.errors import DataError
 from speechforge.data.normalization import Normalizer
 from speechforge.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
