@@ -62,6 +62,7 @@ _BUILTIN_MODULES = (
     "speechforge.data.augment",
     "speechforge.model.embeddings",
     "speechforge.model.layers",
+    "speechforge.model.conformer",
     "speechforge.model.transformer",
     "speechforge.train.losses",
     "speechforge.train.optim",

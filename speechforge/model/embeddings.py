@@ -17,6 +17,13 @@ from speechforge.model.dropout import Dropout
 from speechforge.recipe import Runtime
 
 
+def sinusoids(positions: torch.Tensor, d_model: int) -> torch.Tensor:
+    """(N,) positions, possibly negative -> (N, d_model): sin in even, cos in odd columns."""
+    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device) * (-math.log(10000.0) / d_model))
+    angle = positions.float()[:, None] * div
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(1)
+
+
 class PositionalEncoding(nn.Module):
     """Fixed sinusoidal positions (Vaswani et al.), extended on demand."""
 
@@ -26,12 +33,7 @@ class PositionalEncoding(nn.Module):
         self.register_buffer("pe", self._table(max_len), persistent=False)
 
     def _table(self, length: int) -> torch.Tensor:
-        position = torch.arange(length, dtype=torch.float32)[:, None]
-        div = torch.exp(torch.arange(0, self.d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / self.d_model))
-        pe = torch.zeros(length, self.d_model)
-        pe[:, 0::2] = torch.sin(position * div)
-        pe[:, 1::2] = torch.cos(position * div)
-        return pe
+        return sinusoids(torch.arange(length), self.d_model)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         end = offset + x.shape[1]
@@ -43,7 +45,9 @@ class PositionalEncoding(nn.Module):
 class Conv2dSubsampling(nn.Module):
     """Stride-2 3x3 convolutions over (time, frequency), ESPnet's Conv2dSubsampling."""
 
-    def __init__(self, input_dim: int, d_model: int, time_reduction: int, channels: int, dropout: float):
+    def __init__(
+        self, input_dim: int, d_model: int, time_reduction: int, channels: int, dropout: float, positions: bool = True
+    ):
         super().__init__()
         num_convs = int(math.log2(time_reduction))
         layers: list[nn.Module] = []
@@ -56,7 +60,8 @@ class Conv2dSubsampling(nn.Module):
         self.convs = nn.Sequential(*layers)
         self.num_convs = num_convs
         self.out = nn.Linear(in_ch * freq, d_model)
-        self.pos = PositionalEncoding(d_model)
+        # an encoder with relative positions (the Conformer's) takes none here, as in ESPnet
+        self.pos = PositionalEncoding(d_model) if positions else None
         self.dropout = Dropout(dropout)
         self.scale = math.sqrt(d_model)
 
@@ -68,8 +73,10 @@ class Conv2dSubsampling(nn.Module):
     def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.convs(feats.unsqueeze(1))  # (B, C, T', F')
         b, c, t, f = x.shape
-        x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
-        return self.dropout(self.pos(x * self.scale)), self.reduce_lengths(feat_lens)
+        x = self.out(x.transpose(1, 2).reshape(b, t, c * f)) * self.scale
+        if self.pos is not None:
+            x = self.pos(x)
+        return self.dropout(x), self.reduce_lengths(feat_lens)
 
 
 class PyramidalLSTM(nn.Module):
@@ -118,6 +125,7 @@ class ConvThenLSTM(nn.Module):
 
 
 Reduction = Literal[1, 2, 4, 8]
+Positions = Literal["absolute", "none"]
 
 
 @registry.embeddings.register("conv2d")
@@ -127,9 +135,13 @@ def conv2d(
     dropout: Runtime[float],
     time_reduction: Reduction = 4,
     channels: Annotated[int, Field(gt=0)] = 256,
+    positions: Positions = "absolute",
 ) -> Conv2dSubsampling:
-    """Conv2d subsampling (stride-2 3x3 convolutions) with sinusoidal positions."""
-    return Conv2dSubsampling(input_dim, d_model, time_reduction, channels, dropout)
+    """Conv2d subsampling (stride-2 3x3 convolutions) with sinusoidal positions.
+
+    ``positions = "none"`` leaves positions to the encoder: the Conformer's and the
+    E-Branchformer's relative-position attention (ESPnet adds no absolute ones there)."""
+    return Conv2dSubsampling(input_dim, d_model, time_reduction, channels, dropout, positions == "absolute")
 
 
 @registry.embeddings.register("lstm")
