@@ -125,3 +125,36 @@ def test_trains_under_bf16_autocast_with_finite_gradients():
     grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.encoder.layers[0].conv.norm.running_mean.dtype == torch.float32
+
+
+def test_a_conformer_run_grows_in_stages_in_bf16_and_decodes_with_ctc(tiny_recipe, tmp_path, capsys):
+    """The whole path with the Conformer: a recipe line picks it, progressive stages grow
+    it, it trains under bf16 autocast, and beam search with CTC scoring decodes it."""
+    import json
+
+    from speechforge.cli import main
+
+    recipe = tmp_path / "conformer.toml"
+    recipe.write_text(tiny_recipe.read_text() + """
+[[stages]]
+name = "shallow"
+steps = 2
+encoder_layers = 1
+
+[[stages]]
+name = "all"
+epochs = 1
+""")
+    run_dir = tmp_path / "run"
+    code = main(["--quiet", "run", str(recipe), "--run-dir", str(run_dir),
+                 "--set", "model.encoder.name=conformer", "--set", "model.encoder.kernel_size=5",
+                 "--set", "model.embedding.positions=none", "--set", "trainer.mixed_precision=bf16",
+                 "--set", "decode.name=beam", "--set", "decode.beam_size=3", "--set", "decode.ctc_weight=0.3"])
+    assert code == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["precision"] == "bf16"
+    starts = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if "stage_start" in l]
+    assert [s["encoder_layers"] for s in starts] == [1, 2]
+    (folder,) = (run_dir / "decode").iterdir()
+    assert folder.name.startswith("beam-beam_size3-ctc_weight0.3")
+    assert len((folder / "dev.hyps.jsonl").read_text().splitlines()) == 2
