@@ -39,6 +39,12 @@ def test_relative_positions_run_from_t_minus_one_to_minus_t_plus_one():
     torch.testing.assert_close(pos[6, 0], torch.sin(torch.tensor(-3.0)))
 
 
+def test_the_stack_cuts_positions_from_its_table_and_grows_it():
+    stack = build().encoder
+    for length in (5, 1024, 3000):
+        torch.testing.assert_close(stack.positions(length), relative_positions(length, 32))
+
+
 @pytest.mark.parametrize("conv_norm", ["batch", "layer"])
 @pytest.mark.parametrize("train", [False, True])
 def test_noise_in_the_padding_does_not_reach_real_frames(conv_norm, train):
