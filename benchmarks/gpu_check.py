@@ -44,9 +44,9 @@ BATCH_TOKENS = [62, 58, 55, 53, 50, 47, 44, 40]
 VOCAB, INPUT_DIM = 5000, 80
 
 
-def build_model(seed: int) -> tuple[torch.nn.Module, object]:
+def build_model(seed: int, recipe: Path = RECIPE) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(seed)
-    raw = recipes.read_toml(RECIPE)
+    raw = recipes.read_toml(recipe)
     model = recipes.validate_component("models", raw["model"], "model").build(vocab_size=VOCAB, input_dim=INPUT_DIM)
     return model, recipes.validate_component("losses", raw["loss"], "loss").build()
 
@@ -97,7 +97,7 @@ def train(args, device: torch.device, mixed: str, batch) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     feats, feat_lens, tokens_in, tokens_out, token_lens = batch
-    model, loss_fn = build_model(args.seed)
+    model, loss_fn = build_model(args.seed, args.recipe)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
 
@@ -162,6 +162,8 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.02, help="relative final-loss difference allowed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--recipe", type=Path, default=RECIPE,
+                        help="another model on the same batch, e.g. recipes/conformer_bpe5k_ctc.toml (5000 tokens)")
     args = parser.parse_args()
     args.utterances, args.utterance_frames, args.beam, args.output_tokens = 32, 1000, 10, 100
     frames, tokens = BATCH_FRAMES, BATCH_TOKENS
@@ -178,7 +180,7 @@ def main() -> int:
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({', '.join(precision.cpu_bf16_flags()) or 'no bf16 flags'})"
     precision.allow_tf32(device)
-    print(f"device: {name}; torch {torch.__version__}", flush=True)
+    print(f"device: {name}; torch {torch.__version__}; model: {args.recipe.name}", flush=True)
     rate = dense_bf16_rate(device, 512 if args.quick else 8192)
     print(f"dense bf16 matrix product: {rate / 1e12:.1f} TFLOP/s", flush=True)
     batch = make_batch(frames, tokens, device, args.seed)
@@ -194,7 +196,7 @@ def main() -> int:
     fp32, bf16 = results["fp32"], results["bf16"]
     gap = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
     parity = gap <= args.tolerance
-    results.update(device=name, dense_bf16_tflops=rate / 1e12, loss_gap=gap, parity=parity)
+    results.update(recipe=args.recipe.name, device=name, dense_bf16_tflops=rate / 1e12, loss_gap=gap, parity=parity)
     print(f"\n{'':<6}{'frames/s':>10}{'s/step':>9}{'peak MB':>9}{'GFLOP/step':>12}{'MFU':>7}"
           f"{'loss 1st':>10}{'loss ' + str(args.steps):>10}")
     for r in (fp32, bf16):
