@@ -62,8 +62,9 @@ def worst_utterances(run_dir: Path, n: int = 10) -> list[dict[str, Any]]:
     return sorted(scored, key=lambda r: -r["cer"])[:n]
 
 
-def _parameters(run_dir: Path) -> int | None:
-    """Parameters of the run's weights, a tied tensor counted once."""
+def run_parameters(run_dir: Path) -> int | None:
+    """Numbers in the run's saved weights (buffers such as batch-norm statistics included), a tied
+    tensor counted once."""
     path = run_dir / "best.pt"
     if not path.exists():
         return None
@@ -96,7 +97,7 @@ def _first_screen(run_dir: Path, summary: dict[str, Any], epochs: list[dict[str,
     stats_path = run_dir / "dataset_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     recipe = (run_dir / "recipe.toml").read_text() if (run_dir / "recipe.toml").exists() else ""
-    params = _parameters(run_dir)
+    params = run_parameters(run_dir)
     facts = [
         ("parameters", "-" if params is None else f"{params:,}"),
         ("training data", cell(stats.get("train", {}).get("hours"), "{:.2f} hours") + ", "
