@@ -2,6 +2,7 @@
 
     python benchmarks/memory_estimate.py                      # char_tiny and the quickstart, fp32 and bf16
     python benchmarks/memory_estimate.py --recipes recipes/char_tiny.toml --precisions no
+    python benchmarks/memory_estimate.py --recipes recipes/quickstart.toml --set data.max_frames=16000
 
 Each recipe and precision runs in a fresh process: the recipe's training split is cut to its
 heaviest batch (the batch the estimate is for, `speechforge.train.memory.heaviest_batch`), and
@@ -32,7 +33,7 @@ RECIPES = [ROOT / "recipes" / "char_tiny.toml", ROOT / "recipes" / "quickstart.t
 
 
 def measure(args) -> dict:
-    """One recipe at one precision, in this process: the measured peak, then the estimate."""
+    """One recipe at one precision, in this process: the estimate, then the measured peak."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -48,40 +49,43 @@ def measure(args) -> dict:
     else:
         shared = (ROOT / recipes.read_toml(path)["data"]["root"]).resolve()  # relative to the checkout
         overrides.append(f"data.root={json.dumps(str(shared))}")
-    recipe = recipes.load(path, overrides)
-    run_dir = Path(tempfile.mkdtemp(prefix="memory-estimate-"))
-    exp = experiment.build(recipe, run_dir, log=lambda msg: None)
-    exp.save_assets()
-    split = exp.corpus.split("train")
-    split.utterances = [split.utterances[i] for i in memory.heaviest_batch(
-        [u.num_frames for u in split.utterances], exp.corpus.max_frames, exp.corpus.batch_size)]
-    loss_fn = recipe.loss.build()
-    # before training: Accelerate's prepare() wraps the model's forward, and check sees it unwrapped
-    est = memory.estimate(exp.model, loss_fn, recipe.optimizer.build(model=exp.model), split.utterances,
-                          exp.tokenizer, exp.corpus.max_frames, exp.corpus.batch_size, exp.corpus.num_mel_bins,
-                          args.precision)
-    trainer = recipe.trainer.build()
-    optimizer = recipe.optimizer.build(model=exp.model)
-    schedule = recipe.scheduler.build(total_steps=args.steps).attach(optimizer)
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        trainer.fit(exp, loss_fn, optimizer, schedule, log=lambda msg: None, progress=False)
-    measured = memory.model_bytes(exp.model) + peak_allocated(prof, run_dir / "trace.json")
+    recipe = recipes.load(path, overrides + args.overrides)
+    with tempfile.TemporaryDirectory(prefix="memory-estimate-") as tmp:
+        exp = experiment.build(recipe, Path(tmp), log=lambda msg: None)
+        exp.save_assets()
+        split = exp.corpus.split("train")
+        split.utterances = [split.utterances[i] for i in memory.heaviest_batch(
+            [u.num_frames for u in split.utterances], exp.corpus.max_frames, exp.corpus.batch_size)]
+        trainer = recipe.trainer.build()
+        loss_fn = recipe.loss.build()
+        # before training: Accelerate's prepare() wraps the model's forward, and check sees it unwrapped
+        est = memory.for_experiment(exp, loss_fn, recipe.optimizer.build(model=exp.model), trainer.cfg)
+        optimizer = recipe.optimizer.build(model=exp.model)
+        schedule = recipe.scheduler.build(total_steps=args.steps).attach(optimizer)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            trainer.fit(exp, loss_fn, optimizer, schedule, log=lambda msg: None, progress=False)
+        allocated, where = peak_allocated(prof, Path(tmp) / "trace.json")
+        measured = memory.model_bytes(exp.model) + allocated
     return {"recipe": path.stem, "precision": args.precision, "batch": f"{est.utterances} x {est.frames}",
             "tokens": est.tokens, "estimate": est.total, "activations": est.activations,
-            "rest": est.parameters + est.gradients + est.optimizer, "measured": measured,
+            "rest": est.parameters + est.gradients + est.optimizer, "measured": measured, "peak_in": where,
             "line": est.line(exp.corpus.max_frames, recipe.optimizer.name)}
 
 
-def peak_allocated(prof, trace: Path) -> int:
-    """The highest "Total Allocated" of the CPU until the last optimizer step ends: the training
-    steps, not the checkpoint averaging fit() does after them. The profiler counts from its start,
-    so tensors made before (the model) are not in it."""
+def peak_allocated(prof, trace: Path) -> tuple[int, str]:
+    """The highest "Total Allocated" of the CPU until the last optimizer step ends (the training
+    steps, not the checkpoint averaging fit() does after them), and the backward function or
+    operation running then. The profiler counts from its start: tensors made before (the model)
+    are not in it."""
     prof.export_chrome_trace(str(trace))
     events = json.loads(trace.read_text())["traceEvents"]
     end = max(e["ts"] + e["dur"] for e in events if e.get("name", "").startswith("Optimizer.step#"))
-    return max(e["args"]["Total Allocated"] for e in events
-               if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0 and e["ts"] <= end)
+    peak = max((e for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type") == 0
+                and e["ts"] <= end), key=lambda e: e["args"]["Total Allocated"])
+    running = sorted((e for e in events if e.get("ph") == "X" and e["ts"] <= peak["ts"] <= e["ts"] + e["dur"]
+                      and not e["name"].startswith("PyTorch Profiler")), key=lambda e: e["ts"])
+    backward = [e["name"].split(": ")[-1] for e in running if e["name"].startswith("autograd::engine::evaluate_function")]
+    return peak["args"]["Total Allocated"], (backward or [e["name"] for e in running] or ["-"])[0]
 
 
 def main() -> None:
@@ -91,6 +95,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="training steps on the heaviest batch (the first has no Adam state yet)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--synth-root", type=Path, default=ROOT / "data" / "synth")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="a recipe override for every recipe (repeatable), e.g. --set data.max_frames=16000")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--recipe", help=argparse.SUPPRESS)
@@ -106,7 +112,8 @@ def main() -> None:
             # a fresh process each: nothing allocated by one measurement is left for the next
             proc = subprocess.run([sys.executable, __file__, "--worker", "--recipe", recipe, "--precision", prec,
                                    "--steps", str(args.steps), "--threads", str(args.threads),
-                                   "--synth-root", str(args.synth_root)],
+                                   "--synth-root", str(args.synth_root),
+                                   *(f"--set={o}" for o in args.overrides)],
                                   stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                   env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
             if proc.returncode != 0:
@@ -117,11 +124,11 @@ def main() -> None:
     mib = 2**20
     print()
     print(f"{'recipe':<12} {'precision':<9} {'batch':>10} {'tokens':>6} {'estimate MiB':>12} {'(activations)':>13} "
-          f"{'measured MiB':>12} {'estimate/measured':>17}")
+          f"{'measured MiB':>12} {'estimate/measured':>17}  peak in")
     for r in rows:
         print(f"{r['recipe']:<12} {r['precision'].replace('no', 'fp32'):<9} {r['batch']:>10} {r['tokens']:>6} "
               f"{r['estimate'] / mib:>12.1f} {r['activations'] / mib:>13.1f} {r['measured'] / mib:>12.1f} "
-              f"{r['estimate'] / r['measured']:>16.2f}x")
+              f"{r['estimate'] / r['measured']:>16.2f}x  {r['peak_in']}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
