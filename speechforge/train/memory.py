@@ -11,7 +11,11 @@ with the batch (each utterance saves its own; weight copies are saved once), so 
 forwards, of one and of two utterances, give the whole batch's count: cheaper in time and
 memory than the batch itself.
 
-``benchmarks/memory_estimate.py`` compares the estimate with the peak a real training step reaches.
+The sum is what a step holds when backward starts, plus every gradient. It leaves out backward's
+temporaries (a convolution's backward copies its incoming gradient, say) and counts whole the
+activations and gradients that are partly freed or not yet made at the real peak; the two pull
+opposite ways. ``benchmarks/memory_estimate.py`` compares it with the peak the real trainer
+reaches: 0.82-1.04x for char_tiny and the quickstart, fp32 and bf16.
 """
 
 from __future__ import annotations
