@@ -121,12 +121,12 @@ def main() -> None:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(rows[-1]["line"], flush=True)
 
-    mib = 2**20
+    mib, width = 2**20, max(len(r["recipe"]) for r in rows)
     print()
-    print(f"{'recipe':<12} {'precision':<9} {'batch':>10} {'tokens':>6} {'estimate MiB':>12} {'(activations)':>13} "
+    print(f"{'recipe':<{width}} {'precision':<9} {'batch':>10} {'tokens':>6} {'estimate MiB':>12} {'(activations)':>13} "
           f"{'measured MiB':>12} {'estimate/measured':>17}  peak in")
     for r in rows:
-        print(f"{r['recipe']:<12} {r['precision'].replace('no', 'fp32'):<9} {r['batch']:>10} {r['tokens']:>6} "
+        print(f"{r['recipe']:<{width}} {r['precision'].replace('no', 'fp32'):<9} {r['batch']:>10} {r['tokens']:>6} "
               f"{r['estimate'] / mib:>12.1f} {r['activations'] / mib:>13.1f} {r['measured'] / mib:>12.1f} "
               f"{r['estimate'] / r['measured']:>16.2f}x  {r['peak_in']}")
     if args.json:
