@@ -11,7 +11,9 @@ settings; only the encoder layer differs). Equal wall time is the quickstart's b
    from its log (the models see the same batches, so frames/s is steps/s up to a constant);
 2. the Transformer trains the quickstart's whole schedule; each other model trains
    ``steps x its frames/s / the Transformer's``, so that its training takes the same time,
-   its cosine schedule compressed to fit (``trainer.max_steps``);
+   its schedule compressed to fit, warm-up included (``trainer.max_steps`` and
+   ``scheduler.warmup_steps`` scaled alike: a fixed warm-up would leave a slower model
+   almost no steps at the peak learning rate);
 3. each run is decoded on dev greedily (by the run itself) and with beam 10 + CTC 0.3.
 
 The table (Markdown) comes last; ``--json`` writes it too. Nothing else should run meanwhile.
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from speechforge import precision  # noqa: E402
+from speechforge.recipe import read_toml  # noqa: E402
 from speechforge.report import run_parameters  # noqa: E402
 
 MODELS = {
@@ -55,8 +58,11 @@ def calibrate(recipe: str, run_dir: Path, steps: int) -> float:
     return sum(rates[1:]) / max(1, len(rates) - 1) if len(rates) > 1 else rates[0]
 
 
-def train_and_decode(recipe: str, run_dir: Path, steps: int | None) -> dict:
+def train_and_decode(recipe: str, run_dir: Path, steps: int | None, share: float = 1.0) -> dict:
     extra = [] if steps is None else ["--set", f"trainer.max_steps={steps}"]
+    warmup = read_toml(ROOT / recipe)["scheduler"].get("warmup_steps")
+    if share != 1.0 and warmup:
+        extra += ["--set", f"scheduler.warmup_steps={max(1, round(warmup * share))}"]
     speechforge("run", recipe, "--run-dir", str(run_dir), *extra)
     summary = json.loads((run_dir / "summary.json").read_text())
     lines = log_lines(run_dir)
@@ -89,11 +95,12 @@ def main() -> int:
     rows = {}
     full = None
     for i, (name, recipe) in enumerate(MODELS.items()):
+        share = rates[name] / rates[base]
         if name == base:
             steps = 6 if args.quick else None
         else:
-            steps = max(1, round(full * rates[name] / rates[base]))
-        rows[name] = train_and_decode(recipe, args.out / f"run-{i}", steps)
+            steps = max(1, round(full * share))
+        rows[name] = train_and_decode(recipe, args.out / f"run-{i}", steps, share)
         if name == base:
             full = rows[name]["steps"]
         print(name, rows[name], flush=True)
