@@ -55,8 +55,12 @@ def rel_shift(scores: torch.Tensor) -> torch.Tensor:
     """(B, H, T, 2T-1) scores by offset column -> (B, H, T, T) by key: out[..., i, j] =
     scores[..., i, T-1-i+j]. Row i starts one element earlier than row i-1 would, so the
     result is a strided view with row stride 2T-2: no copy, where Transformer-XL's
-    pad-and-reshape trick copies the scores twice (2x slower on the quickstart's shapes)."""
+    pad-and-reshape trick copies the scores twice (2x slower on the quickstart's shapes).
+    ONNX has no strided views: an export takes the pad-and-reshape path."""
     b, h, t, n = scores.shape
+    if torch.onnx.is_in_onnx_export():
+        padded = torch.cat([scores.new_zeros(b, h, t, 1), scores], dim=-1)  # (B, H, T, 2T)
+        return padded.view(b, h, n + 1, t)[:, :, 1:].reshape(b, h, t, n)[..., :t]
     scores = scores.contiguous()
     s0, s1 = scores.stride(0), scores.stride(1)
     return scores.as_strided((b, h, t, t), (s0, s1, n - 1, 1), scores.storage_offset() + t - 1)

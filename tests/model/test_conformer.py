@@ -3,6 +3,8 @@ it slots into (CTC, cached decoding, bf16, progressive stages)."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
@@ -29,6 +31,8 @@ def test_rel_shift_puts_each_offset_under_its_key():
     i, j = torch.meshgrid(torch.arange(t), torch.arange(t), indexing="ij")
     expected = scores[..., i, t - 1 - i + j]  # column c holds offset T-1-c = i - j
     torch.testing.assert_close(rel_shift(scores), expected)
+    with mock.patch("torch.onnx.is_in_onnx_export", return_value=True):  # the export's path
+        torch.testing.assert_close(rel_shift(scores), expected)
 
 
 def test_relative_positions_run_from_t_minus_one_to_minus_t_plus_one():
