@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechforge import cli, pipeline, recipe as recipe_mod
+from speechforge import cli, pipeline, recipe as recipe_mod, report
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes" / "librispeech100"
@@ -114,6 +114,10 @@ def test_each_recipe_trains_on_the_librispeech_sample_and_decodes_every_test_spl
     assert "cer" not in decoded["test-clean"]  # the sample's test-clean has no transcripts
     with pytest.raises(recipe_mod.RecipeError, match=r"--split: no split 'test-other' .* dev, test-clean, dev-clean"):
         pipeline.decode_run(tmp_path / "run", [], log=lambda msg: None, splits=("test-other",))
+    page = report.write_report(tmp_path / "run").read_text()
+    decodes_table = page[page.index("<h2>Decodes</h2>"):page.index("<h2>Curves</h2>")]
+    assert "<th>test-clean CER</th>" in decodes_table and "<th>dev-clean WER</th>" in decodes_table
+    assert "<th>test CER</th>" not in decodes_table
 
 
 def test_recipe_step_benchmark_counts_and_times_one_update(capsys):
