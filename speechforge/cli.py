@@ -45,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="decode with a trained run (no training)")
     p.add_argument("run_dir", type=Path)
     _add_set(p)
-    p.add_argument("--split", action="append", choices=["dev", "test"], help="split(s) to decode (default both)")
+    p.add_argument("--split", action="append", help="split(s) to decode: dev, test, or a folder of a list in "
+                                                    "data.test (default: all of them)")
     p.add_argument("--weights", choices=["best", "last", "averaged"], default="best")
 
     p = sub.add_parser("transcribe", help="transcribe audio or feature files with a trained run")
@@ -63,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--last", type=int, metavar="N")
-    group.add_argument("--best", type=int, metavar="N", help="by dev CER (the run keeps trainer.keep_best of them)")
+    group.add_argument("--best", type=int, metavar="N",
+                       help="by trainer.select_by, dev CER by default (the run keeps trainer.keep_best of them)")
 
     p = sub.add_parser("plot-lr", help="draw a recipe's learning-rate schedule to a PNG, before any training")
     p.add_argument("recipe", type=Path)
@@ -133,8 +135,8 @@ def cmd_run(args, log) -> int:
 def _summary_lines(summary: dict) -> str:
     lines = [f"run directory: {summary['run_dir']}"]
     dec = summary.get("decode", {})
-    for role in ("dev", "test"):
-        if role in dec and "cer" in dec[role]:
+    for role, res in dec.items():  # dev, then test or each of several test splits
+        if isinstance(res, dict) and "cer" in res:
             lines.append(f"{role}: CER {dec[role]['cer']:.4f}  WER {dec[role]['wer']:.4f}  ({dec[role]['utterances']} utterances)")
     if "folder" in dec:
         lines.append(f"transcripts: {dec['folder']}")
@@ -199,7 +201,7 @@ def cmd_registry(args, log) -> int:
 def cmd_decode(args, log) -> int:
     from speechforge import pipeline
 
-    results = pipeline.decode_run(args.run_dir, args.overrides, log, tuple(args.split or ("dev", "test")), args.weights)
+    results = pipeline.decode_run(args.run_dir, args.overrides, log, tuple(args.split or ()) or None, args.weights)
     print(json.dumps(results, indent=2))
     return 0
 

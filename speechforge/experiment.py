@@ -103,7 +103,7 @@ def write_skipped(exp: "Experiment") -> int:
     """Every file left out of every split, one per line (split, file or file:line, reason), in
     the run directory: a user with 40 bad files among 28,000 needs all 40."""
     rows = []
-    for role in ("train", "dev", "test"):
+    for role in exp.corpus.roles:
         if exp.corpus.has(role):
             rows += [(role, *entry.partition(": ")[::2]) for entry in exp.corpus.split(role).skipped]
     if rows:
@@ -191,7 +191,7 @@ def schedule_warning(recipe: Recipe, steps: int) -> str | None:
 
 def dataset_stats(exp: Experiment) -> dict[str, dict[str, float]]:
     stats = {}
-    for role in ("train", "dev", "test"):
+    for role in exp.corpus.roles:
         if exp.corpus.has(role):
             split = exp.corpus.split(role)
             s = split.stats()

@@ -94,8 +94,9 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
         log(f"warning: {warning}")
     summary = trainer.fit(exp, loss_fn, optimizer, schedule, log=log, progress=progress)
 
-    exp.model.load_state_dict(experiment.load_weights(run_dir, "best"))
-    results = decode_splits(exp.model, exp, recipe, run_dir, log)
+    weights = trainer.cfg["decode_weights"]  # ESPnet decodes with the average of its best checkpoints
+    exp.model.load_state_dict(experiment.load_weights(run_dir, weights))
+    results = decode_splits(exp.model, exp, recipe, run_dir, log, suffix="" if weights == "best" else f"-{weights}")
     summary.update({"decode": results, "seconds": round(time.time() - start, 1), "run_dir": str(run_dir)})
     summary.pop("history", None)
     if state.is_main_process:
@@ -132,10 +133,16 @@ def init_from_lm(exp, recipe: Recipe, run_dir: Path, log: Log, main: bool):
     return replace(spec, args={**spec.args, "lr_multipliers": multipliers})
 
 
-def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=("dev", "test"),
+def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=None,
                   suffix: str = "") -> dict[str, Any]:
+    """Decode and score ``splits`` (default: dev and every test split of data.test)."""
     from accelerate import PartialState
 
+    roles = exp.corpus.eval_roles
+    unknown = [role for role in splits or () if role not in roles]
+    if unknown:
+        raise RecipeError([("--split", f"no split {unknown[0]!r} in this run's data; it has {', '.join(roles)}")])
+    splits = splits or roles
     state = PartialState()  # under `accelerate launch`, each process decodes its share
     decoder = recipe.decode.build()
     if hasattr(decoder, "bind"):
@@ -178,7 +185,7 @@ def decode_precision(recipe: Recipe, device) -> str:
     return precision.resolve(requested, device)[0]
 
 
-def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=("dev", "test"),
+def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=None,
                weights: str = "best") -> dict[str, Any]:
     """Decode with a trained run and any decoder the recipe or --set names; no training."""
     trained = experiment.open_run(run_dir, overrides, weights, need_data=True)

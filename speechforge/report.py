@@ -85,8 +85,16 @@ def decodes(run_dir: Path) -> list[dict[str, Any]]:
     for path in sorted((run_dir / "decode").glob("*/metrics.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(path.read_text())
         out.append({"folder": path.parent.name, "decoder": m.get("decoder", {}), "precision": m.get("precision", "-"),
-                    **{split: m[split] for split in ("dev", "test") if split in m}})
+                    # every scored split: dev, and test or each folder of a list in data.test
+                    **{split: v for split, v in m.items() if isinstance(v, dict) and "utterances" in v}})
     return out
+
+
+def _splits(rows: list[dict[str, Any]]) -> list[str]:
+    """The table's splits: dev and test, or dev and each folder of a data.test list."""
+    found = dict.fromkeys(k for d in rows for k, v in d.items() if isinstance(v, dict) and "utterances" in v)
+    others = [k for k in found if k not in ("dev", "test")]
+    return ["dev", *(["test"] if "test" in found or not others else []), *others]
 
 
 def _first_screen(run_dir: Path, summary: dict[str, Any], epochs: list[dict[str, Any]]) -> str:
@@ -108,19 +116,22 @@ def _first_screen(run_dir: Path, summary: dict[str, Any], epochs: list[dict[str,
         ("best dev CER (greedy, while training)", cell(summary.get("best_dev_cer"))),
     ]
     rows = []
-    for d in decodes(run_dir):
+    runs = decodes(run_dir)
+    splits = _splits(runs)
+    for d in runs:
         name = d["decoder"].get("name", d["folder"])
         try:
             defaults = decoder_defaults(name)
         except Exception:  # a plugin decoder no longer installed: show every argument
             defaults = {}
         args = ", ".join(f"{k}={v}" for k, v in d["decoder"].items() if k != "name" and defaults.get(k, object()) != v)
-        scores = "".join(f"<td>{cell(d.get(split, {}).get(k))}</td>" for split in ("dev", "test") for k in ("cer", "wer"))
-        seconds = sum(d.get(split, {}).get("seconds", 0) for split in ("dev", "test"))
+        scores = "".join(f"<td>{cell(d.get(split, {}).get(k))}</td>" for split in splits for k in ("cer", "wer"))
+        seconds = sum(d.get(split, {}).get("seconds", 0) for split in splits)
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(args)}</td>"
                     f"<td>{html.escape(str(d['precision']))}</td>{scores}<td>{seconds:.1f}</td></tr>")
-    table = ("<table><tr><th>decoder</th><th>arguments</th><th>precision</th><th>dev CER</th><th>dev WER</th>"
-             "<th>test CER</th><th>test WER</th><th>seconds</th></tr>" + "".join(rows) + "</table>") if rows else \
+    heads = "".join(f"<th>{html.escape(split)} {k}</th>" for split in splits for k in ("CER", "WER"))
+    table = ("<table><tr><th>decoder</th><th>arguments</th><th>precision</th>" + heads +
+             "<th>seconds</th></tr>" + "".join(rows) + "</table>") if rows else \
         "<p>no decodes yet</p>"
     listing = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts)
     return (f'<table class="facts">{listing}</table><h2>Decodes</h2>{table}'

@@ -28,11 +28,13 @@ Domain = Literal["features", "waveform"]
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
-def mask_along(feats: torch.Tensor, lengths: torch.Tensor, axis: int, num: int, width: int,
+def mask_along(feats: torch.Tensor, lengths: torch.Tensor, axis: int, num: int, width: int | torch.Tensor,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """Zero ``num`` random bands of up to ``width`` along time (axis 1) or frequency (axis 2)
-    of (B, T, F) features; time bands stay inside each utterance's real length."""
-    if num == 0 or width == 0:
+    of (B, T, F) features; time bands stay inside each utterance's real length. ``width`` is
+    one limit for the batch or a (B,) tensor of each utterance's own."""
+    per_utterance = isinstance(width, torch.Tensor)
+    if num == 0 or (int(width.max()) if per_utterance and width.numel() else width) == 0:
         return feats
     b, t, f = feats.shape
     extent = lengths.to(feats.device) if axis == 1 else torch.full((b,), f, device=feats.device)
@@ -40,7 +42,10 @@ def mask_along(feats: torch.Tensor, lengths: torch.Tensor, axis: int, num: int, 
     positions = torch.arange(size, device=feats.device)
     keep = torch.ones(b, size, dtype=torch.bool, device=feats.device)
     for _ in range(num):
-        w = torch.randint(0, width + 1, (b,), generator=generator).to(feats.device)
+        if per_utterance:  # uniform in [0, width_i] for each utterance i
+            w = (torch.rand(b, generator=generator) * (width.cpu() + 1).float()).long().to(feats.device)
+        else:
+            w = torch.randint(0, width + 1, (b,), generator=generator).to(feats.device)
         w = torch.minimum(w, extent)
         start = (torch.rand(b, generator=generator).to(feats.device) * (extent - w + 1).float()).long()
         keep &= ~((positions[None] >= start[:, None]) & (positions[None] < (start + w)[:, None]))
@@ -51,21 +56,32 @@ def mask_along(feats: torch.Tensor, lengths: torch.Tensor, axis: int, num: int, 
 class SpecAugment:
     domain: Domain = "features"
 
-    def __init__(self, freq_masks: int, freq_width: int, time_masks: int, time_width: int):
+    def __init__(self, freq_masks: int, freq_width: int, time_masks: int, time_width: int,
+                 time_width_ratio: float | None = None):
         self.freq_masks, self.freq_width = freq_masks, freq_width
         self.time_masks, self.time_width = time_masks, time_width
+        self.time_width_ratio = time_width_ratio
+
+    def time_widths(self, lengths: torch.Tensor) -> int | torch.Tensor:
+        """The longest time mask: time_width frames, or time_width_ratio of each utterance's length."""
+        if self.time_width_ratio is None:
+            return self.time_width
+        return (lengths.cpu().double() * self.time_width_ratio).floor().long()
 
     def __call__(self, feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         feats = mask_along(feats, lengths, 2, self.freq_masks, self.freq_width, generator)
-        return mask_along(feats, lengths, 1, self.time_masks, self.time_width, generator)
+        return mask_along(feats, lengths, 1, self.time_masks, self.time_widths(lengths), generator)
 
 
 @registry.augmentations.register("specaugment")
 def specaugment(
-    freq_masks: Count = 2, freq_width: Count = 5, time_masks: Count = 2, time_width: Count = 40
+    freq_masks: Count = 2, freq_width: Count = 5, time_masks: Count = 2, time_width: Count = 40,
+    time_width_ratio: Annotated[float, Field(gt=0.0, le=1.0)] | None = None,
 ) -> SpecAugment:
-    """SpecAugment frequency and time masks (defaults: the HW4P2 settings)."""
-    return SpecAugment(freq_masks, freq_width, time_masks, time_width)
+    """SpecAugment frequency and time masks (defaults: the HW4P2 settings). time_width_ratio,
+    when set, replaces time_width: each time mask is up to that fraction of the utterance's
+    length (ESPnet's time_mask_width_ratio_range), so long utterances get longer masks."""
+    return SpecAugment(freq_masks, freq_width, time_masks, time_width, time_width_ratio)
 
 
 # --- time warping --------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Callable, Iterable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from speechforge.data.errors import DataError
 
@@ -76,6 +76,32 @@ class Split:
             "characters": sum(len(u.text or "") for u in self.utterances),
             "skipped": len(self.skipped),
         }
+
+
+def _test_folders(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list):
+        names = [Path(folder).name for folder in value]
+        if not value or len(set(names)) < len(names) or {"train", "dev"} & set(names):
+            raise ValueError(f"expected one or more split folders with distinct names other than train and dev, "
+                             f"got {value}")
+    return value
+
+
+# data.test: one split folder, or several (LibriSpeech's test-clean and test-other), each
+# decoded and scored on its own in the same run
+TestSplits = Annotated[str | list[str] | None, AfterValidator(_test_folders)]
+
+
+def split_roles(splits: dict[str, str | list[str] | None]) -> dict[str, str | None]:
+    """Role -> folder. Several test folders are a role each, named by its folder
+    ("test-clean", "test-other"); one keeps the role "test" (and its submission.csv)."""
+    tests = splits.get("test")
+    if not isinstance(tests, list):
+        return dict(splits)
+    roles = {role: folder for role, folder in splits.items() if role != "test"}
+    if len(tests) == 1:
+        return {**roles, "test": tests[0]}
+    return {**roles, **{Path(folder).name: folder for folder in tests}}
 
 
 def skip_reason(entry: str) -> tuple[str, str]:

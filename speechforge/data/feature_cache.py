@@ -113,7 +113,7 @@ class AudioCorpus(FeatureCorpus):
         return source is not None and source.exists()
 
     def prepare(self, log: Log = print) -> None:
-        for role in ("train", "dev", "test"):
+        for role in self.roles:
             if self.has(role):
                 self._prepare(role, log)
 
@@ -214,7 +214,7 @@ def prepare_all(corpus: FeatureCorpus, log: Log = print) -> dict[str, dict[str, 
 
     corpus.prepare(log)
     stats = {}
-    for role in ("train", "dev", "test"):
+    for role in corpus.roles:
         if corpus.has(role):
             split = corpus.split(role)
             stats[role] = split.stats()

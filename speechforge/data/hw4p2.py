@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.data.augment import domain
-from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, scan_feature_split
+from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, TestSplits, scan_feature_split, split_roles
 from speechforge.recipe import RecipeError, Spec, Sub
 
 
@@ -40,7 +40,7 @@ class FeatureCorpus:
         max_utterances: int | None,
     ):
         self.root = Path(root)
-        self.splits = splits
+        self.splits = split_roles(splits)
         self.num_mel_bins = num_mel_bins
         self.on_bad_file = on_bad_file
         self.max_frames, self.batch_size, self.bucketed = max_frames, batch_size, bucketed
@@ -61,6 +61,16 @@ class FeatureCorpus:
 
     def prepare(self, log: Callable[[str], None] = print) -> None:
         """Make sure the data exists (the synthetic corpus builds itself here)."""
+
+    @property
+    def roles(self) -> list[str]:
+        """Every split's role: train, dev, and test or each of several test folders."""
+        return list(self.splits)
+
+    @property
+    def eval_roles(self) -> list[str]:
+        """The splits a run decodes and scores at the end: dev and every test split."""
+        return [role for role in self.splits if role != "train"]
 
     def has(self, role: str) -> bool:
         folder = self.splits.get(role)
@@ -96,7 +106,7 @@ def hw4p2(
     root: Annotated[str, AfterValidator(_existing_dir)],
     train: str = "train-clean-100",
     dev: str | None = "dev-clean",
-    test: str | None = "test-clean",
+    test: TestSplits = "test-clean",
     num_mel_bins: Annotated[int, Field(gt=0)] = 80,
     normalization: Annotated[Spec, Sub("normalizers")] = {"name": "global_mvn"},
     augment: Annotated[list[Spec], Sub("augmentations", many=True)] = [],

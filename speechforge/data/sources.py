@@ -17,7 +17,7 @@ from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.data.augment import AUDIO_SUFFIXES
-from speechforge.data.corpus import Entry, OnBadFile, PositiveOrNone
+from speechforge.data.corpus import Entry, OnBadFile, PositiveOrNone, TestSplits
 from speechforge.data.errors import DataError
 from speechforge.data.feature_cache import AudioCorpus, Listing
 from speechforge.recipe import Spec, Sub
@@ -220,7 +220,7 @@ def _register_audio_source(name: str, lister: Callable[[Path], Listing], splits:
         root: Root,
         train: str = train_default,
         dev: str | None = dev_default,
-        test: str | None = test_default,
+        test: TestSplits = test_default,
         cache_dir: str | None = None,
         sample_rate: SampleRate = 16000,
         num_mel_bins: MelBins = 80,

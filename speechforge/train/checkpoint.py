@@ -64,16 +64,22 @@ def prune(directory: Path, keep_last: int) -> None:
         path.unlink(missing_ok=True)
 
 
+def _score(path: Path) -> float:
+    # "score" ranks by the run's trainer.select_by (lower is better); older runs ranked by dev CER
+    state = load(path)
+    return state.get("score", state["dev_cer"])
+
+
 def keep_best(weights: dict[str, Any], directory: Path, keep: int) -> None:
-    """Keep the model weights of the ``keep`` validations with the lowest dev CER."""
+    """Keep the model weights of the ``keep`` best validations (lowest score)."""
     save_atomic(weights, directory / f"step-{weights['step']:08d}.pt")
-    scored = sorted((load(p)["dev_cer"], p) for p in directory.glob("step-*.pt"))
+    scored = sorted((_score(p), p) for p in directory.glob("step-*.pt"))
     for _, path in scored[keep:]:
         path.unlink(missing_ok=True)
 
 
 def best_checkpoints(directory: Path, n: int) -> list[Path]:
-    return [p for _, p in sorted((load(p)["dev_cer"], p) for p in directory.glob("step-*.pt"))[:n]]
+    return [p for _, p in sorted((_score(p), p) for p in directory.glob("step-*.pt"))[:n]]
 
 
 def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:

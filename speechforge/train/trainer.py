@@ -114,7 +114,7 @@ class AccelerateTrainer(TrainingLoop):
     # -- helpers ---------------------------------------------------------------
 
     def _state(self, acc, model, optimizer, schedule, epoch: int, batch_in_epoch: int, step: int,
-               best: float, recipe_text: str, counters: dict) -> dict[str, Any]:
+               best: float, best_score: float, recipe_text: str, counters: dict) -> dict[str, Any]:
         state = {
             "model": _unwrap(acc, model).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -124,6 +124,7 @@ class AccelerateTrainer(TrainingLoop):
             "batch_in_epoch": batch_in_epoch,
             "step": step,
             "best_cer": best,
+            "best_score": best_score,
             "recipe": recipe_text,
             "counters": counters,
         }
@@ -171,6 +172,7 @@ class AccelerateTrainer(TrainingLoop):
         recipe_text = (run_dir / "recipe.toml").read_text()
 
         epoch, start_batch, step, best = 0, 0, 0, math.inf
+        best_score = math.inf  # of trainer.select_by, lower is better
         counters = {"nonfinite_skips": 0, "stage": 0, "stage_epoch0": 0, "stage_step0": 0}
         stages = list(exp.recipe.stages or [fallback_stage(cfg["epochs"])])
         core = exp.model  # the unwrapped model, whose stacks stages grow
@@ -184,6 +186,7 @@ class AccelerateTrainer(TrainingLoop):
                 acc.scaler.load_state_dict(state["scaler"])
             checkpoint.set_rng_state(state["rng"])
             epoch, start_batch, step, best = state["epoch"], state["batch_in_epoch"], state["step"], state["best_cer"]
+            best_score = state.get("best_score", best)  # checkpoints from before select_by ranked by CER
             counters = dict(state.get("counters", counters))
             core.encoder.num_active = counters.get("encoder_active", core.encoder.num_active)
             core.decoder.stack.num_active = counters.get("decoder_active", core.decoder.stack.num_active)
@@ -207,7 +210,8 @@ class AccelerateTrainer(TrainingLoop):
             counters["encoder_active"] = core.encoder.num_active
             counters["decoder_active"] = core.decoder.stack.num_active
             if acc.is_main_process:
-                state = self._state(acc, model, optimizer, schedule, epoch_, batch_, step, best, recipe_text, counters)
+                state = self._state(acc, model, optimizer, schedule, epoch_, batch_, step, best, best_score, recipe_text,
+                                    counters)
                 checkpoint.save_atomic(state, ckpt_dir / f"ckpt-{step:08d}.pt")
                 checkpoint.prune(ckpt_dir, cfg["keep_last"])
             acc.wait_for_everyone()
@@ -306,13 +310,15 @@ class AccelerateTrainer(TrainingLoop):
                         png = self.plot_attention(_unwrap(acc, model), dev_loader, exp, acc.device, epoch + 1)
                         _log_image(acc, cfg["trackers"], "attention", png, step)
                     schedule.on_validation(record["dev_cer"])
+                    score = selection_score(record, cfg["select_by"])
                     if acc.is_main_process:
                         weights = {"model": _unwrap(acc, model).state_dict(), "step": step,
-                                   "dev_cer": record["dev_cer"]}
-                        if record["dev_cer"] < best:
+                                   "dev_cer": record["dev_cer"], "dev_acc": record["dev_acc"], "score": score}
+                        if score < best_score:
                             checkpoint.save_atomic(weights, run_dir / "best.pt")
                         checkpoint.keep_best(weights, run_dir / "best", cfg["keep_best"])
                     best = min(best, record["dev_cer"])
+                    best_score = min(best_score, score)
                 write_metrics(record)
                 history.append(record)
                 if acc.is_main_process:
@@ -330,6 +336,9 @@ class AccelerateTrainer(TrainingLoop):
             if not (run_dir / "best.pt").exists():
                 checkpoint.save_atomic({"model": _unwrap(acc, model).state_dict(), "step": step}, run_dir / "best.pt")
             kept = [p for _, p in checkpoint.checkpoints(ckpt_dir)]
+            if cfg["average"] == "best" and (run_dir / "best").is_dir():
+                # ESPnet's valid.acc.ave: the keep_best best validations, however far apart
+                kept = checkpoint.best_checkpoints(run_dir / "best", cfg["keep_best"]) or kept
             if kept:
                 # the mean of the last checkpoints: usually a few tenths of a point of WER better
                 checkpoint.save_atomic({"model": checkpoint.average_state_dicts(kept), "step": step,
@@ -342,16 +351,20 @@ class AccelerateTrainer(TrainingLoop):
 
     @torch.no_grad()
     def validate(self, model, loader, loss_fn, exp, acc, log: Log) -> dict[str, float]:
-        """Dev loss and greedy CER/WER; each process scores its shard, the numbers are global."""
+        """Dev loss, teacher-forced token accuracy (ESPnet's validation "acc") and greedy
+        CER/WER; each process scores its shard, the numbers are global."""
         model.eval()
-        total, n = 0.0, 0
+        total, n, correct, tokens = 0.0, 0, 0, 0
         for batch in loader:
             b = batch.to(acc.device)
             with precision.autocast(self.mixed_precision, acc.device):
                 out = model(b.feats, b.feat_lens, b.tokens_in)
             total += float(loss_fn(out, b.tokens_out, b.token_lens)["loss"]) * len(b.ids)
             n += len(b.ids)
+            hit, counted = token_accuracy_counts(out["logits"], b.tokens_out)
+            correct, tokens = correct + hit, tokens + counted
         total, n = _sum(acc, total), _sum(acc, n)
+        correct, tokens = _sum(acc, correct), _sum(acc, tokens)
         # the recipe's length limits keep an untrained model from rambling to the cap
         limits = {k: v for k, v in exp.recipe.decode.args.items() if k in ("max_len_ratio", "max_len")}
         records = decode_batches(model, loader, lambda m, e, l: greedy_search(m, e, l, **limits), exp.tokenizer,
@@ -365,7 +378,8 @@ class AccelerateTrainer(TrainingLoop):
             with open(exp.run_dir / "samples.txt", "a") as f:
                 f.write("\n".join(lines) + "\n\n")
         model.train()
-        return {"dev_loss": round(total / max(n, 1), 5), "dev_cer": rates["cer"], "dev_wer": rates["wer"]}
+        return {"dev_loss": round(total / max(n, 1), 5), "dev_acc": round(correct / max(tokens, 1), 5),
+                "dev_cer": rates["cer"], "dev_wer": rates["wer"]}
 
 
     @torch.no_grad()
@@ -390,6 +404,24 @@ class AccelerateTrainer(TrainingLoop):
         latest.write_bytes(path.read_bytes())
         model.train()
         return path
+
+
+def token_accuracy_counts(logits: torch.Tensor, tokens_out: torch.Tensor) -> tuple[int, int]:
+    """(correct, counted) next-token predictions of a teacher-forced (B, U, V) decoder output
+    against its (B, U) targets, <eos> included and padding not (ESPnet's th_accuracy)."""
+    from speechforge.data.tokenizers import PAD
+
+    counted = tokens_out != PAD
+    return int(((logits.argmax(-1) == tokens_out) & counted).sum()), int(counted.sum())
+
+
+def selection_score(record: dict[str, float], select_by: str) -> float:
+    """A validation's rank for trainer.select_by, lower is better: dev CER, or minus the
+    token accuracy (ESPnet's best_model_criterion [valid, acc, max])."""
+    value = record[select_by]
+    if value != value:  # NaN: a dev split without references ranks last
+        return math.inf
+    return -value if select_by == "dev_acc" else value
 
 
 def _finite_everywhere(acc, loss: torch.Tensor) -> bool:
@@ -464,7 +496,8 @@ def _number(v: Any) -> str:
 def _epoch_line(r: dict[str, Any]) -> str:
     parts = [f"epoch {r['epoch']}", f"step {r['step']}", f"train_loss {r['train_loss']:.4f}"]
     if "dev_cer" in r:
-        parts += [f"dev_loss {r['dev_loss']:.4f}", f"dev_cer {r['dev_cer']:.4f}", f"dev_wer {r['dev_wer']:.4f}"]
+        parts += [f"dev_loss {r['dev_loss']:.4f}", f"dev_acc {r['dev_acc']:.4f}", f"dev_cer {r['dev_cer']:.4f}",
+                  f"dev_wer {r['dev_wer']:.4f}"]
     parts += [f"{r['frames_per_s']:.0f} frames/s", f"{r['seconds']:.1f}s"]
     return " | ".join(parts)
 
@@ -483,11 +516,19 @@ def accelerate(
     checkpoint_every_steps: Annotated[int, Field(ge=1)] | None = None,
     keep_last: Annotated[int, Field(ge=1)] = 3,
     keep_best: Annotated[int, Field(ge=1)] = 3,
+    select_by: Literal["dev_cer", "dev_acc"] = "dev_cer",
+    average: Literal["last", "best"] = "last",
+    decode_weights: Literal["best", "averaged", "last"] = "best",
     validate_every_epochs: Annotated[int, Field(ge=1)] = 1,
     max_nonfinite: Annotated[int, Field(ge=1)] = 10,
     sample_transcripts: Annotated[int, Field(ge=0)] = 3,
     trackers: Annotated[list[Literal["tensorboard", "wandb"]], AfterValidator(_trackers_available)] = ["tensorboard"],
 ) -> AccelerateTrainer:
-    """Hugging Face Accelerate loop: mixed precision, accumulation, checkpoints, resume."""
+    """Hugging Face Accelerate loop: mixed precision, accumulation, checkpoints, resume.
+
+    best.pt and the keep_best checkpoints in best/ are chosen by select_by (dev CER, or the
+    teacher-forced dev token accuracy as ESPnet does); averaged.pt is the mean of the keep_last
+    last checkpoints or of the keep_best best ones (average); the run's closing decode uses
+    decode_weights."""
     return AccelerateTrainer(**{k: v for k, v in locals().items()})
 

@@ -171,3 +171,23 @@ def test_augmented_loading_is_reproducible_from_the_seed_with_workers(tmp_path):
     first, again, other = epoch(0), epoch(0), epoch(1)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_time_mask_ratio_bounds_each_mask_by_its_own_utterance_length():
+    # ESPnet's time_mask_width_ratio_range: a mask is up to ratio x the length, so a 40-frame
+    # utterance gets masks of at most 2 frames while a 400-frame one gets up to 20
+    aug = validate_component("augmentations", {"name": "specaugment", "freq_masks": 0, "time_masks": 1,
+                                               "time_width_ratio": 0.05}, "augment").build()
+    lengths = torch.tensor([400, 40, 19])
+    widest = torch.zeros(3, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        masked = aug(torch.ones(3, 400, 4), lengths, generator=g)[..., 0] == 0  # (B, T)
+        widest = torch.maximum(widest, masked.sum(1))
+        assert not masked[1, 40:].any() and not masked[2].any()  # inside the utterance; 19 x 0.05 < 1 frame
+    assert widest.tolist() == [20, 2, 0]
+
+
+def test_time_mask_ratio_is_checked_with_its_path():
+    with pytest.raises(RecipeError, match=r"augment\[0\]\.time_width_ratio"):
+        validate_component("augmentations", {"name": "specaugment", "time_width_ratio": 1.5}, "augment[0]")
