@@ -164,9 +164,11 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--recipe", type=Path, default=RECIPE,
                         help="another model on the same batch, e.g. recipes/conformer_bpe5k_ctc.toml (5000 tokens)")
+    parser.add_argument("--batch-scale", type=int, default=1,
+                        help="the harness batch repeated N times (N x 8 utterances): where bf16 starts to pay on a GPU")
     args = parser.parse_args()
     args.utterances, args.utterance_frames, args.beam, args.output_tokens = 32, 1000, 10, 100
-    frames, tokens = BATCH_FRAMES, BATCH_TOKENS
+    frames, tokens = BATCH_FRAMES * args.batch_scale, BATCH_TOKENS * args.batch_scale
     if args.quick:
         device = torch.device("cpu")
         torch.set_num_threads(2)
@@ -180,7 +182,8 @@ def main() -> int:
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({', '.join(precision.cpu_bf16_flags()) or 'no bf16 flags'})"
     precision.allow_tf32(device)
-    print(f"device: {name}; torch {torch.__version__}; model: {args.recipe.name}", flush=True)
+    print(f"device: {name}; torch {torch.__version__}; model: {args.recipe.name}; "
+          f"batch: {len(frames)} utterances, {sum(frames)} frames", flush=True)
     rate = dense_bf16_rate(device, 512 if args.quick else 8192)
     print(f"dense bf16 matrix product: {rate / 1e12:.1f} TFLOP/s", flush=True)
     batch = make_batch(frames, tokens, device, args.seed)
@@ -196,7 +199,7 @@ def main() -> int:
     fp32, bf16 = results["fp32"], results["bf16"]
     gap = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
     parity = gap <= args.tolerance
-    results.update(recipe=args.recipe.name, device=name, dense_bf16_tflops=rate / 1e12, loss_gap=gap, parity=parity)
+    results.update(recipe=args.recipe.name, batch_utterances=len(frames), device=name, dense_bf16_tflops=rate / 1e12, loss_gap=gap, parity=parity)
     print(f"\n{'':<6}{'frames/s':>10}{'s/step':>9}{'peak MB':>9}{'GFLOP/step':>12}{'MFU':>7}"
           f"{'loss 1st':>10}{'loss ' + str(args.steps):>10}")
     for r in (fp32, bf16):

@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
-if ! "$py" -c "import speechforge" 2>/dev/null; then
+# `import speechforge` alone succeeds from the checkout without its dependencies: test one that needs them
+if ! "$py" -c "import speechforge.recipe, jiwer" 2>/dev/null; then
   if [ -d .whl ]; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --target /tmp/speechforge-site .whl/*.whl
     export PYTHONPATH=/tmp/speechforge-site${PYTHONPATH:+:$PYTHONPATH}
