@@ -58,11 +58,10 @@ def calibrate(recipe: str, run_dir: Path, steps: int) -> float:
     return sum(rates[1:]) / max(1, len(rates) - 1) if len(rates) > 1 else rates[0]
 
 
-def train_and_decode(recipe: str, run_dir: Path, steps: int | None, share: float = 1.0) -> dict:
+def train_and_decode(recipe: str, run_dir: Path, steps: int | None, warmup: int | None = None) -> dict:
     extra = [] if steps is None else ["--set", f"trainer.max_steps={steps}"]
-    warmup = read_toml(ROOT / recipe)["scheduler"].get("warmup_steps")
-    if share != 1.0 and warmup:
-        extra += ["--set", f"scheduler.warmup_steps={max(1, round(warmup * share))}"]
+    if warmup is not None:
+        extra += ["--set", f"scheduler.warmup_steps={warmup}"]
     speechforge("run", recipe, "--run-dir", str(run_dir), *extra)
     summary = json.loads((run_dir / "summary.json").read_text())
     lines = log_lines(run_dir)
@@ -92,15 +91,16 @@ def main() -> int:
     rates = {name: calibrate(recipe, args.out / f"calibrate-{i}", 4 if args.quick else args.calibrate)
              for i, (name, recipe) in enumerate(MODELS.items())}
     base = next(iter(MODELS))
+    base_warmup = read_toml(ROOT / MODELS[base])["scheduler"]["warmup_steps"]
     rows = {}
     full = None
     for i, (name, recipe) in enumerate(MODELS.items()):
         share = rates[name] / rates[base]
         if name == base:
-            steps = 6 if args.quick else None
+            steps, warmup = (6 if args.quick else None), None
         else:
-            steps = max(1, round(full * share))
-        rows[name] = train_and_decode(recipe, args.out / f"run-{i}", steps, share)
+            steps, warmup = max(1, round(full * share)), max(1, round(base_warmup * share))
+        rows[name] = train_and_decode(recipe, args.out / f"run-{i}", steps, warmup)
         if name == base:
             full = rows[name]["steps"]
         print(name, rows[name], flush=True)
