@@ -127,6 +127,19 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         return y.to(x.dtype)
 
 
+def depthwise(channels: int, kernel_size: int) -> nn.Conv1d:
+    """A depthwise convolution over time with 'same' padding (odd kernel)."""
+    return nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2, groups=channels)
+
+
+def masked_depthwise(conv: nn.Conv1d, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``conv`` over time on (B, T, C), with zeros where the padding is: the kernel reaches
+    into it, and what it finds there must not depend on what the padding holds."""
+    if valid is not None:
+        x = x.masked_fill(~valid[..., None], 0.0)
+    return conv(x.transpose(1, 2)).transpose(1, 2)
+
+
 class ConvolutionModule(nn.Module):
     """Pointwise conv to 2C and GLU, depthwise conv over time, normalisation, Swish,
     pointwise conv. The pointwise convolutions are Linear layers on (B, T, C): the same
@@ -135,16 +148,13 @@ class ConvolutionModule(nn.Module):
     def __init__(self, d_model: int, kernel_size: int, norm: str = "batch"):
         super().__init__()
         self.pointwise_in = nn.Linear(d_model, 2 * d_model)
-        self.depthwise = nn.Conv1d(d_model, d_model, kernel_size, padding=(kernel_size - 1) // 2, groups=d_model)
+        self.depthwise = depthwise(d_model, kernel_size)
         self.norm = MaskedBatchNorm(d_model) if norm == "batch" else nn.LayerNorm(d_model)
         self.activation = nn.SiLU()
         self.pointwise_out = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-        x = nn.functional.glu(self.pointwise_in(x), dim=-1)
-        if valid is not None:
-            x = x.masked_fill(~valid[..., None], 0.0)  # the kernel reaches into the padding
-        x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)
+        x = masked_depthwise(self.depthwise, nn.functional.glu(self.pointwise_in(x), dim=-1), valid)
         x = self.norm(x, valid) if isinstance(self.norm, MaskedBatchNorm) else self.norm(x)
         return self.pointwise_out(self.activation(x))
 
@@ -174,29 +184,47 @@ class RelPositionStack(EncoderStack):
         return self.norm(x)
 
 
-class ConformerLayer(nn.Module):
-    def __init__(
-        self, d_model: int, num_heads: int, d_ff: int, kernel_size: int, dropout: float,
-        attention_dropout: float, activation: str, conv_norm: str,
-    ):
+class MacaronLayer(nn.Module):
+    """What the Conformer and the E-Branchformer layers share: half a feed-forward in and
+    out, relative-position self-attention, a final LayerNorm. Subclasses add their middle."""
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float, attention_dropout: float,
+                 activation: str):
         super().__init__()
         self.norm_ff_in = nn.LayerNorm(d_model)
         self.ff_in = FeedForward(d_model, d_ff, dropout, activation)
         self.norm_attn = nn.LayerNorm(d_model)
         self.self_attn = RelPositionAttention(d_model, num_heads, attention_dropout)
-        self.norm_conv = nn.LayerNorm(d_model)
-        self.conv = ConvolutionModule(d_model, kernel_size, conv_norm)
         self.norm_ff_out = nn.LayerNorm(d_model)
         self.ff_out = FeedForward(d_model, d_ff, dropout, activation)
         self.norm_final = nn.LayerNorm(d_model)
         self.dropout = Dropout(dropout)
 
+    def half_ff_in(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.5 * self.dropout(self.ff_in(self.norm_ff_in(x)))
+
+    def attend(self, x: torch.Tensor, valid: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+        """The attention sub-layer's output before its residual (dropout applied)."""
+        return self.dropout(self.self_attn(self.norm_attn(x), pos, valid)[0])
+
+    def half_ff_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_final(x + 0.5 * self.dropout(self.ff_out(self.norm_ff_out(x))))
+
+
+class ConformerLayer(MacaronLayer):
+    def __init__(
+        self, d_model: int, num_heads: int, d_ff: int, kernel_size: int, dropout: float,
+        attention_dropout: float, activation: str, conv_norm: str,
+    ):
+        super().__init__(d_model, num_heads, d_ff, dropout, attention_dropout, activation)
+        self.norm_conv = nn.LayerNorm(d_model)
+        self.conv = ConvolutionModule(d_model, kernel_size, conv_norm)
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
-        x = x + 0.5 * self.dropout(self.ff_in(self.norm_ff_in(x)))
-        x = x + self.dropout(self.self_attn(self.norm_attn(x), pos, valid)[0])
+        x = self.half_ff_in(x)
+        x = x + self.attend(x, valid, pos)
         x = x + self.dropout(self.conv(self.norm_conv(x), valid))
-        x = x + 0.5 * self.dropout(self.ff_out(self.norm_ff_out(x)))
-        return self.norm_final(x)
+        return self.half_ff_out(x)
 
 
 @registry.encoder_layers.register("conformer")

@@ -21,21 +21,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from speechforge.model.conformer import OddKernel, RelPositionAttention, RelPositionStack
+from speechforge.model.conformer import MacaronLayer, OddKernel, RelPositionStack, depthwise, masked_depthwise
 from speechforge.model.dropout import Dropout
-from speechforge.model.layers import Activation, FeedForward, Probability
+from speechforge.model.layers import Activation, Probability
 from speechforge.recipe import Runtime
-
-
-def masked_depthwise(conv: nn.Conv1d, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """A depthwise convolution over time on (B, T, C), with zeros where the padding is."""
-    if valid is not None:
-        x = x.masked_fill(~valid[..., None], 0.0)
-    return conv(x.transpose(1, 2)).transpose(1, 2)
-
-
-def depthwise(channels: int, kernel_size: int) -> nn.Conv1d:
-    return nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2, groups=channels)
 
 
 class ConvolutionalGatingMLP(nn.Module):
@@ -56,33 +45,24 @@ class ConvolutionalGatingMLP(nn.Module):
         return self.down(self.dropout(content * gate))
 
 
-class EBranchformerLayer(nn.Module):
+class EBranchformerLayer(MacaronLayer):
     def __init__(
         self, d_model: int, num_heads: int, d_ff: int, cgmlp_units: int, cgmlp_kernel: int, merge_kernel: int,
         dropout: float, attention_dropout: float, activation: str,
     ):
-        super().__init__()
-        self.norm_ff_in = nn.LayerNorm(d_model)
-        self.ff_in = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm_attn = nn.LayerNorm(d_model)
-        self.self_attn = RelPositionAttention(d_model, num_heads, attention_dropout)
+        super().__init__(d_model, num_heads, d_ff, dropout, attention_dropout, activation)
         self.norm_mlp = nn.LayerNorm(d_model)
         self.cgmlp = ConvolutionalGatingMLP(d_model, cgmlp_units, cgmlp_kernel, dropout)
         self.merge_conv = depthwise(2 * d_model, merge_kernel)
         self.merge_proj = nn.Linear(2 * d_model, d_model)
-        self.norm_ff_out = nn.LayerNorm(d_model)
-        self.ff_out = FeedForward(d_model, d_ff, dropout, activation)
-        self.norm_final = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
-        x = x + 0.5 * self.dropout(self.ff_in(self.norm_ff_in(x)))
-        global_ = self.dropout(self.self_attn(self.norm_attn(x), pos, valid)[0])
+        x = self.half_ff_in(x)
+        global_ = self.attend(x, valid, pos)
         local = self.dropout(self.cgmlp(self.norm_mlp(x), valid))
         both = torch.cat([global_, local], dim=-1)  # (B, T, 2D)
         x = x + self.dropout(self.merge_proj(both + masked_depthwise(self.merge_conv, both, valid)))
-        x = x + 0.5 * self.dropout(self.ff_out(self.norm_ff_out(x)))
-        return self.norm_final(x)
+        return self.half_ff_out(x)
 
 
 def e_branchformer_encoder(
