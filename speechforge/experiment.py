@@ -19,9 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from speechforge import recipe as recipe_mod
+from speechforge.data.audio import FrontEnd
 from speechforge.data.batching import BucketBatchSampler, UtteranceDataset, collate, padding_fraction
 from speechforge.data.corpus import check_encodable
 from speechforge.data.errors import DataError
+from speechforge.data import normalization
 from speechforge.data.normalization import Normalizer
 from speechforge.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 from speechforge.model.transformer import count_parameters
@@ -241,9 +243,7 @@ def open_run(run_dir: Path, overrides: list[str] | None = None, weights: str = "
         _skip_data_checks(raw)
     recipe = recipe_mod.validate(raw)
     tokenizer = load_tokenizer(run_dir / "tokenizer")
-    norm_state = json.loads((run_dir / "normalization.json").read_text())
-    normalizer = recipe_mod.validate_component("normalizers", {"name": norm_state["name"]}, "normalization").build()
-    normalizer.load_state(norm_state)
+    normalizer = normalization.from_state(json.loads((run_dir / "normalization.json").read_text()))
     model = recipe.model.build(vocab_size=tokenizer.vocab_size, input_dim=_input_dim(raw))
     model.load_state_dict(load_weights(run_dir, weights))
     model.eval()
@@ -252,6 +252,13 @@ def open_run(run_dir: Path, overrides: list[str] | None = None, weights: str = "
 
 def _input_dim(raw: dict[str, Any]) -> int:
     return int(raw.get("data", {}).get("num_mel_bins", 80))
+
+
+def front_end(recipe: Recipe) -> FrontEnd:
+    """How the run's features are computed from a recording (audio sources resample to
+    their ``sample_rate``; stored-feature datasets are read as 16 kHz, the synth corpus's rate)."""
+    args = recipe.data.args
+    return FrontEnd(sample_rate=int(args.get("sample_rate", 16000)), num_mel_bins=int(args.get("num_mel_bins", 80)))
 
 
 def _skip_data_checks(raw: dict[str, Any]) -> None:

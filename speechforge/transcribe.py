@@ -13,22 +13,7 @@ import numpy as np
 import torch
 
 from speechforge import experiment
-from speechforge.data.corpus import load_features
-from speechforge.data.errors import DataError
 from speechforge.precision import autocast
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".sph"}
-
-
-def features_of(path: Path, num_mel_bins: int = 80) -> np.ndarray:
-    """(T, num_mel_bins) features of an audio file or an (80, T) feature .npy."""
-    if path.suffix == ".npy":
-        return load_features(path, num_mel_bins)
-    if path.suffix.lower() in AUDIO_SUFFIXES:
-        from speechforge.data.features import fbank, read_audio
-
-        return fbank(read_audio(path, 16000), 16000, num_mel_bins).T
-    raise DataError(f"not an audio file ({', '.join(sorted(AUDIO_SUFFIXES))}) or a feature .npy", path)
 
 
 class Transcriber:
@@ -37,7 +22,7 @@ class Transcriber:
         self.decoder = self.run.recipe.decode.build()
         if hasattr(self.decoder, "bind"):
             self.decoder.bind(self.run.tokenizer)
-        self.num_mel_bins = int(self.run.recipe.data.args.get("num_mel_bins", 80))
+        self.front_end = experiment.front_end(self.run.recipe)
         from speechforge.pipeline import decode_precision
 
         self.precision = decode_precision(self.run.recipe, "cpu")
@@ -46,7 +31,7 @@ class Transcriber:
     def transcribe(self, paths: list[str | Path], batch_size: int = 8) -> list[dict[str, Any]]:
         """One {"path", "text", "nbest"} per file, in the order given."""
         model, tok = self.run.model, self.run.tokenizer
-        feats = [self.run.normalizer(features_of(Path(p), self.num_mel_bins)) for p in paths]
+        feats = [self.run.normalizer(self.front_end.features(p)) for p in paths]
         results = []
         for start in range(0, len(feats), batch_size):
             chunk = [torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)) for f in feats[start : start + batch_size]]

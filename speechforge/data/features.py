@@ -1,12 +1,13 @@
-"""Audio in, log-mel filterbanks out.
+"""Audio in, log-mel filterbanks out: the torch side of the front end.
 
-Three pieces, one concept (the front end):
+``speechforge.data.audio`` holds the pieces that need no torch (``read_audio``,
+``fbank`` through kaldi-native-fbank, the numpy ``resample``); they are imported here
+too, so ``speechforge.data.features`` stays the one place to import the front end from.
+Here:
 
-- ``read_audio``: any file libsndfile reads -> float32 mono at the rate we ask for.
-- ``resample``: a Kaiser-windowed sinc, applied as a polyphase filter bank. We
-  write it here rather than depend on scipy or torchaudio for one function.
-- ``fbank`` (kaldi-native-fbank, the reference, one utterance at a time on CPU)
-  and ``fbank_torch`` (the same numbers, batched, on any device).
+- ``resample``: the same polyphase sinc filter, applied to tensors on their device
+  (numpy arrays go to the numpy version).
+- ``fbank_torch``: ``fbank``'s numbers, batched, on any device.
 
 Features are Kaldi's: natural-log mel energies of an int16-scaled signal, so
 values run from about -16 (log of float epsilon, digital silence) to about 25.
@@ -15,110 +16,19 @@ values run from about -16 (log of float epsilon, digital silence) to about 25.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from pathlib import Path
 
-import kaldi_native_fbank as knf
 import numpy as np
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from speechforge.data.errors import DataError
+from speechforge.data import audio
+from speechforge.data.audio import INT16_SCALE, fbank, read_audio  # noqa: F401  (re-exported)
 
-# Kaldi works on 16-bit integer sample values; its defaults (dither=1, the
-# energy floors) assume that scale, so we scale [-1, 1] floats the same way.
-INT16_SCALE = 32768.0
 # Kaldi floors energies at float epsilon before the log.
 LOG_FLOOR = float(np.finfo(np.float32).eps)
 
 
-# ---------------------------------------------------------------- reading
-
-
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Read an audio file as float32 mono in [-1, 1] at ``sample_rate``.
-
-    Channels are averaged. A file at another rate is resampled. Raises
-    ``DataError`` naming the file when it cannot be read, is truncated, or
-    holds no samples.
-    """
-    path = Path(path)
-    _check_wav_complete(path)
-    try:
-        audio, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, OSError) as err:
-        raise DataError(f"cannot read audio ({err})", path) from err
-    if audio.shape[0] == 0:
-        raise DataError("holds no audio samples", path)
-    audio = audio.mean(axis=1)  # (N,) downmix
-    if file_rate != sample_rate:
-        audio = resample(audio, file_rate, sample_rate)
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-def _check_wav_complete(path: Path) -> None:
-    """Raise if a RIFF/WAVE file is shorter than its header says.
-
-    libsndfile quietly returns what is there when a WAV file is cut short (a
-    copy interrupted half-way), and a model would train on half an utterance
-    against the whole transcript. So we compare the ``data`` chunk's declared
-    size with the bytes the file holds. Other formats are left to libsndfile.
-    """
-    try:
-        with open(path, "rb") as f:
-            header = f.read(12)
-            if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-                return
-            file_size = path.stat().st_size
-            while True:
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    raise DataError("truncated WAV file: no data chunk", path)
-                chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
-                if chunk_id == b"data":
-                    # Streaming writers leave the size 0 or 0xFFFFFFFF: unknown.
-                    available = file_size - f.tell()
-                    if size not in (0, 0xFFFFFFFF) and size > available:
-                        raise DataError(
-                            f"truncated WAV file: header declares {size} bytes "
-                            f"of audio, the file holds {available}",
-                            path,
-                        )
-                    return
-                f.seek(size + (size & 1), 1)  # chunks are padded to even sizes
-    except OSError as err:
-        raise DataError(f"cannot read audio ({err})", path) from err
-
-
 # ---------------------------------------------------------------- resampling
-
-
-@lru_cache(maxsize=16)
-def _sinc_kernel(
-    orig: int, new: int, zero_crossings: int, rolloff: float, beta: float
-) -> tuple[torch.Tensor, int]:
-    """Polyphase filter bank for resampling by ``new / orig`` (both reduced).
-
-    Row ``i`` holds the taps that produce output phase ``i``: the output sample
-    at time ``i * orig / new`` (in input samples) from the input samples
-    ``-width .. width + orig - 1`` around the start of a block of ``orig``.
-    """
-    # Cutoff below the lower Nyquist; ``rolloff`` leaves room for the
-    # transition band so that little aliases back. In cycles per input sample:
-    cutoff = 0.5 * min(orig, new) / orig * rolloff
-    # Half-length of the filter in input samples: ``zero_crossings`` lobes of
-    # the sinc on each side.
-    width = math.ceil(zero_crossings / (2 * cutoff))
-    taps = torch.arange(-width, width + orig, dtype=torch.float64)  # (K,)
-    phases = torch.arange(new, dtype=torch.float64) * orig / new  # (new,)
-    delay = phases[:, None] - taps[None, :]  # (new, K) output time - input time
-    x = (2 * cutoff * delay).clamp(-zero_crossings, zero_crossings)
-    window = torch.i0(beta * torch.sqrt(1 - (x / zero_crossings) ** 2)) / torch.i0(
-        torch.tensor(beta, dtype=torch.float64)
-    )
-    kernel = 2 * cutoff * torch.sinc(x) * window  # sinc(x) = sin(pi x) / (pi x)
-    return kernel[:, None, :].to(torch.float32), width  # (new, 1, K)
 
 
 def resample(
@@ -129,22 +39,16 @@ def resample(
     rolloff: float = 0.945,
     beta: float = 8.6,
 ) -> np.ndarray | torch.Tensor:
-    """Resample the last axis from ``orig_sr`` to ``new_sr``.
-
-    A band-limited (Kaiser-windowed sinc) interpolator: with the defaults the
-    pass band is flat to 94.5% of the lower Nyquist and the stop band is about
-    85 dB down (Kaiser beta 8.6). Output length is ``ceil(N * new_sr / orig_sr)``
-    and output sample ``j`` sits at input time ``j * orig_sr / new_sr``, so
-    there is no delay. Numpy in, numpy out; a tensor stays on its device.
-    """
-    as_numpy = isinstance(waveform, np.ndarray)
-    wav = torch.from_numpy(np.asarray(waveform, dtype=np.float32)) if as_numpy else waveform
+    """Resample the last axis from ``orig_sr`` to ``new_sr`` (``speechforge.data.audio.resample``
+    says how). Numpy in, numpy out; a tensor stays on its device."""
     if orig_sr == new_sr:
         return waveform
-    g = math.gcd(int(orig_sr), int(new_sr))
-    orig, new = int(orig_sr) // g, int(new_sr) // g
-    kernel, width = _sinc_kernel(orig, new, zero_crossings, rolloff, beta)
-    kernel = kernel.to(device=wav.device, dtype=wav.dtype)
+    if isinstance(waveform, np.ndarray):
+        return audio.resample(waveform, orig_sr, new_sr, zero_crossings, rolloff, beta)
+    wav = waveform
+    orig, new = audio.reduced_rates(orig_sr, new_sr)
+    taps, width = audio.sinc_kernel(orig, new, zero_crossings, rolloff, beta)
+    kernel = torch.from_numpy(taps.copy())[:, None, :].to(device=wav.device, dtype=wav.dtype)  # (new, 1, K)
 
     shape = wav.shape
     flat = wav.reshape(-1, 1, shape[-1])  # (B, 1, N)
@@ -154,44 +58,10 @@ def resample(
     padded = F.pad(flat, (width, width + orig))
     out = F.conv1d(padded, kernel, stride=orig)  # (B, new, blocks)
     out = out.transpose(1, 2).reshape(flat.shape[0], -1)  # interleave phases
-    out = out[:, : math.ceil(length * new / orig)].reshape(*shape[:-1], -1)
-    return out.numpy() if as_numpy else out
+    return out[:, : math.ceil(length * new / orig)].reshape(*shape[:-1], -1)
 
 
 # ---------------------------------------------------------------- filterbanks
-
-
-def fbank(
-    waveform: np.ndarray,
-    sample_rate: int = 16000,
-    num_mel_bins: int = 80,
-    frame_length_ms: float = 25.0,
-    frame_shift_ms: float = 10.0,
-    dither: float = 0.0,
-) -> np.ndarray:
-    """Kaldi log-mel filterbank of one waveform in [-1, 1]: (num_mel_bins, T) float32.
-
-    Kaldi's defaults otherwise (povey window, pre-emphasis 0.97, DC removal,
-    snip_edges, so T = 1 + (N - window) // shift). ``dither`` is in int16 units,
-    as in Kaldi (its own default is 1.0).
-    """
-    opts = knf.FbankOptions()
-    opts.frame_opts.samp_freq = sample_rate
-    opts.frame_opts.frame_length_ms = frame_length_ms
-    opts.frame_opts.frame_shift_ms = frame_shift_ms
-    opts.frame_opts.dither = dither
-    opts.frame_opts.snip_edges = True
-    opts.mel_opts.num_bins = num_mel_bins
-    computer = knf.OnlineFbank(opts)
-    samples = np.asarray(waveform, dtype=np.float32).reshape(-1) * INT16_SCALE
-    # A list converts into the C++ vector faster than a numpy array does.
-    computer.accept_waveform(sample_rate, samples.tolist())
-    computer.input_finished()
-    n = computer.num_frames_ready
-    if n == 0:
-        return np.zeros((num_mel_bins, 0), dtype=np.float32)
-    frames = np.stack([computer.get_frame(i) for i in range(n)])  # (T, num_mel_bins)
-    return np.ascontiguousarray(frames.T, dtype=np.float32)
 
 
 def kaldi_mel_banks(

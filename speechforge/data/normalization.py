@@ -99,6 +99,9 @@ class UtteranceMVN(Normalizer):
     def state(self) -> dict:
         return {"name": self.name, "variance": self.variance}
 
+    def load_state(self, state: dict) -> None:
+        self.variance = state.get("variance", True)
+
 
 @registry.normalizers.register("global_mvn")
 def global_mvn() -> GlobalMVN:
@@ -116,3 +119,10 @@ def utterance_mvn(variance: bool = True) -> UtteranceMVN:
 def none() -> Normalizer:
     """Features as stored."""
     return Normalizer()
+
+
+def from_state(state: dict) -> Normalizer:
+    """The normalizer a saved state (``normalization.json``) describes, statistics loaded."""
+    normalizer = registry.normalizers.get(state["name"])()
+    normalizer.load_state(state)
+    return normalizer
