@@ -13,6 +13,7 @@ from pathlib import Path
 
 from speechforge import registry
 from speechforge.data.errors import DataError
+from speechforge.extras import MissingExtra
 from speechforge.recipe import RecipeError
 
 EXIT_USAGE = 2
@@ -49,12 +50,18 @@ def parser() -> argparse.ArgumentParser:
                                                     "data.test (default: all of them)")
     p.add_argument("--weights", choices=["best", "last", "averaged"], default="best")
 
-    p = sub.add_parser("transcribe", help="transcribe audio or feature files with a trained run")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("transcribe", help="transcribe audio or feature files with a trained run or an export folder")
+    p.add_argument("run_dir", type=Path, metavar="RUN_OR_EXPORT_DIR")
     p.add_argument("files", type=Path, nargs="+")
     _add_set(p)
     p.add_argument("--weights", choices=["best", "last", "averaged"], default="best")
     p.add_argument("--json", action="store_true", help="one JSON object per file")
+
+    p = sub.add_parser("export", help="export a trained run for deployment (ONNX graphs a torch-free runtime decodes with)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=Path, default=None, help="the export folder (default: RUN_DIR/onnx)")
+    p.add_argument("--weights", choices=["best", "last", "averaged"], default="best")
 
     p = sub.add_parser("report", help="write a self-contained HTML report of a run")
     p.add_argument("run_dir", type=Path)
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     try:
         return COMMANDS[args.command](args, log)
-    except (RecipeError, DataError) as err:
+    except (RecipeError, DataError, MissingExtra) as err:
         if args.debug:
             raise
         print(f"error: {err}", file=sys.stderr)
@@ -223,10 +230,31 @@ def cmd_data(args, log) -> int:
 
 
 def cmd_transcribe(args, log) -> int:
-    from speechforge.transcribe import load
+    from speechforge.runtime.bundle import is_export_dir
 
-    for r in load(args.run_dir, args.overrides, args.weights).transcribe(args.files):
+    if is_export_dir(args.run_dir):
+        from speechforge import runtime
+
+        transcriber = runtime.load(args.run_dir, runtime.decode_overrides(args.overrides))
+    else:
+        from speechforge.transcribe import load
+
+        transcriber = load(args.run_dir, args.overrides, args.weights)
+    for r in transcriber.transcribe(args.files):
         print(json.dumps(r) if args.json else f"{r['path']}\t{r['text']}")
+    return 0
+
+
+def cmd_export(args, log) -> int:
+    from speechforge.export import export_onnx
+
+    out = export_onnx(args.run_dir, args.out, args.weights, log)
+    total = 0
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        total += path.stat().st_size
+        print(f"{path.stat().st_size:>12,}  {path.relative_to(out)}")
+    print(f"{total:>12,}  bytes in {out}")
+    print(f"transcribe with it (no torch needed): speechforge transcribe {out} FILE...")
     return 0
 
 
@@ -299,7 +327,7 @@ def cmd_runs(args, log) -> int:
     return 0
 
 
-COMMANDS = {"average": cmd_average, "plot-lr": cmd_plot_lr, "transcribe": cmd_transcribe, "report": cmd_report, "runs": cmd_runs, "run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
+COMMANDS = {"export": cmd_export, "average": cmd_average, "plot-lr": cmd_plot_lr, "transcribe": cmd_transcribe, "report": cmd_report, "runs": cmd_runs, "run": cmd_run, "check": cmd_check, "registry": cmd_registry, "decode": cmd_decode, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

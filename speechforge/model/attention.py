@@ -81,7 +81,8 @@ class MultiHeadAttention(nn.Module):
             k, v = kv
         p = self.dropout if self.training else 0.0
         # one query at the end of the sequence may see every key: no causal mask needed
-        causal = causal and length > 1
+        # (bool: under an ONNX trace the length is a tensor; a traced decoder step has one query)
+        causal = causal and bool(length > 1)
         weights = None
         # On a CPU, SDPA is slow in two cases, where the product spelled out here is faster:
         # when it drops attention probabilities (it falls back to its math kernel and

@@ -35,7 +35,12 @@ class PositionalEncoding(nn.Module):
     def _table(self, length: int) -> torch.Tensor:
         return sinusoids(torch.arange(length), self.d_model)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            # an exported graph computes its positions: the file holds no table, and no
+            # length is beyond it (``offset`` may be a traced length there)
+            position = torch.arange(x.shape[1], dtype=torch.float32, device=x.device) + offset
+            return x + sinusoids(position, self.d_model).to(x.dtype)
         end = offset + x.shape[1]
         if end > self.pe.shape[0]:
             self.pe = self._table(max(end, 2 * self.pe.shape[0])).to(self.pe.device)
