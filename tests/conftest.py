@@ -27,15 +27,17 @@ def hw4p2_root() -> Path:
     return HW4P2
 
 
+def write_tiny_recipe(path: Path, root: Path, max_frames: int = 12000, max_len: int = 40) -> Path:
+    """The character recipe on ``root``, shrunk to a run of seconds: eight utterances of
+    each split and short hypotheses."""
+    path.write_text((REPO / "recipes" / "char_tiny.toml").read_text()
+                    .replace('root = "../shared/data/hw4_data_subset/hw4p2_data"', f'root = "{root}"')
+                    .replace("max_frames = 12000", f"max_frames = {max_frames}\nmax_utterances = 8")
+                    .replace('[decode]\nname = "greedy"', f'[decode]\nname = "greedy"\nmax_len = {max_len}'))
+    return path
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path: Path, hw4p2_root: Path) -> Path:
     """The character recipe, shrunk to a model that trains in seconds."""
-    text = (REPO / "recipes" / "char_tiny.toml").read_text().replace(
-        'root = "../shared/data/hw4_data_subset/hw4p2_data"', f'root = "{hw4p2_root}"'
-    )
-    # eight utterances and short hypotheses: a whole run takes seconds
-    text = text.replace("max_frames = 12000", "max_frames = 12000\nmax_utterances = 8")
-    text = text.replace('[decode]\nname = "greedy"', '[decode]\nname = "greedy"\nmax_len = 40')
-    path = tmp_path / "tiny.toml"
-    path.write_text(text)
-    return path
+    return write_tiny_recipe(tmp_path / "tiny.toml", hw4p2_root)

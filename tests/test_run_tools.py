@@ -11,7 +11,7 @@ import pytest
 
 import speechforge
 from speechforge.cli import main
-from tests.conftest import FSDD, HW4P2, REPO
+from tests.conftest import FSDD, HW4P2, REPO, write_tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,7 @@ def run_dir(tmp_path_factory):
     if not HW4P2.is_dir():
         pytest.skip(f"the shared HW4P2 sample is absent (expected {HW4P2})")
     tmp = tmp_path_factory.mktemp("tools")
-    recipe = tmp / "tiny.toml"
-    recipe.write_text((REPO / "recipes" / "char_tiny.toml").read_text()
-                      .replace('root = "../shared/data/hw4_data_subset/hw4p2_data"', f'root = "{HW4P2}"')
-                      .replace("max_frames = 12000", "max_frames = 6000\nmax_utterances = 8")
-                      .replace('[decode]\nname = "greedy"', '[decode]\nname = "greedy"\nmax_len = 25'))
+    recipe = write_tiny_recipe(tmp / "tiny.toml", HW4P2, max_frames=6000, max_len=25)
     out = tmp / "run"
     assert main(["--quiet", "run", str(recipe), "--run-dir", str(out), "--set", "trainer.epochs=2",
                  "--set", "trainer.checkpoint_every_steps=1"]) == 0

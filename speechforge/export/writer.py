@@ -25,7 +25,7 @@ from speechforge.export import graphs
 from speechforge.extras import require
 from speechforge.model.attention import padding_mask
 from speechforge.runtime import bundle
-from speechforge.runtime.search import DECODERS
+from speechforge.runtime.decoders import DECODERS
 
 OPSET = 17  # LayerNormalization is one op from 17 on
 # log-probabilities and encoder outputs from onnxruntime may differ from PyTorch's by
@@ -94,7 +94,7 @@ def export_onnx(run_dir: Path, out: Path | None = None, weights: str = "best", l
         "tokens": {"sos": run.tokenizer.sos_id, "eos": run.tokenizer.eos_id, "blank": run.tokenizer.blank_id},
         "graphs": described,
         "files": {"tokenizer": bundle.TOKENIZER, "normalization": bundle.NORMALIZATION, "features": bundle.FEATURES},
-        "decode": runtime_decoder(run.recipe.decode.name, run.recipe.decode.args, has_ctc),
+        "decode": runtime_decoder(run.recipe.decode.name, run.recipe.decode.args, has_ctc, log),
     }
     differences = _compare_with_torch(model, partial, manifest, front_end.num_mel_bins)
     manifest["max_abs_difference_from_torch"] = differences
@@ -106,12 +106,17 @@ def export_onnx(run_dir: Path, out: Path | None = None, weights: str = "best", l
     return out
 
 
-def runtime_decoder(name: str, args: dict[str, Any], has_ctc: bool) -> dict[str, Any]:
-    """The run's decoder as the runtime will run it: its arguments the runtime's version takes,
-    or greedy when the runtime has no such decoder."""
-    if name not in DECODERS or (name != "greedy" and not has_ctc):
+def runtime_decoder(name: str, args: dict[str, Any], has_ctc: bool, log: Log = print) -> dict[str, Any]:
+    """The run's decoder as the runtime will run it: the arguments its version takes, or
+    greedy where the runtime has no such decoder; what is left out is said."""
+    needs_ctc = name == "ctc_greedy" or (args.get("ctc_weight") or 0) > 0
+    if name not in DECODERS or (needs_ctc and not has_ctc):
+        log(f"decode: the runtime has no {name} decoder for this model; the export decodes greedily")
         name, args = "greedy", {}
     accepted = inspect.signature(DECODERS[name]).parameters
+    dropped = [k for k, v in args.items() if k not in accepted and v not in (None, 0, 0.0, 1.0)]
+    if dropped:
+        log(f"decode: the runtime's {name} decoder leaves out {', '.join(dropped)}")
     return {"name": name, **{k: v for k, v in args.items() if k in accepted}}
 
 

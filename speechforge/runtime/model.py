@@ -13,6 +13,15 @@ import onnxruntime as ort
 from speechforge.runtime import bundle
 
 
+def pad(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(T_i, F) arrays -> a zero-padded (B, max T, F) float32 batch and the lengths (B,)."""
+    lens = np.array([f.shape[0] for f in feats], dtype=np.int64)
+    padded = np.zeros((len(feats), int(lens.max()), feats[0].shape[1]), dtype=np.float32)
+    for i, f in enumerate(feats):
+        padded[i, : f.shape[0]] = f
+    return padded, lens
+
+
 @dataclass
 class Encoded:
     """What the encoder graph gives for a batch of B utterances."""

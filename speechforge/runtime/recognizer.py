@@ -15,8 +15,9 @@ from speechforge.data.audio import FrontEnd
 from speechforge.data.tokenizers import load_tokenizer
 from speechforge.recipe import RecipeError
 from speechforge.runtime import bundle
-from speechforge.runtime.model import OnnxModel
-from speechforge.runtime.search import DECODERS, Hypothesis
+from speechforge.runtime.model import OnnxModel, pad
+from speechforge.runtime.decoders import DECODERS
+from speechforge.runtime.search import Hypothesis
 
 
 class Recognizer:
@@ -35,12 +36,7 @@ class Recognizer:
         name, args = self.decode["name"], {k: v for k, v in self.decode.items() if k != "name"}
         out = []
         for start in range(0, len(feats), batch_size):
-            chunk = feats[start : start + batch_size]
-            lens = np.array([f.shape[0] for f in chunk], dtype=np.int64)
-            padded = np.zeros((len(chunk), int(lens.max()), chunk[0].shape[1]), dtype=np.float32)
-            for i, f in enumerate(chunk):
-                padded[i, : f.shape[0]] = f
-            out += DECODERS[name](self.model, self.model.encode(padded, lens), **args)
+            out += DECODERS[name](self.model, self.model.encode(*pad(feats[start : start + batch_size])), **args)
         return out
 
     def transcribe(self, paths: list[str | Path], batch_size: int = 8) -> list[dict[str, Any]]:

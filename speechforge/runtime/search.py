@@ -3,7 +3,8 @@
 to float rounding; tests/export checks them against the PyTorch decoders).
 
 Each takes the model (``speechforge.runtime.model.OnnxModel``) and a batch's encoder
-output and returns, per utterance, its hypotheses best first."""
+output and returns, per utterance, its hypotheses best first; ``DECODERS`` (in
+``speechforge.runtime.decoders``) names them, beam search (``beam.py``) included."""
 
 from __future__ import annotations
 
@@ -64,5 +65,3 @@ def ctc_greedy(model, enc) -> list[list[Hypothesis]]:
     scores = np.where(valid, best, 0.0).sum(1)
     return [[Hypothesis(path[i][keep[i]].tolist(), float(scores[i]))] for i in range(path.shape[0])]
 
-
-DECODERS = {"greedy": greedy, "ctc_greedy": ctc_greedy}

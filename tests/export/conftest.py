@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from speechforge.cli import main
-from tests.conftest import HW4P2, REPO
+from tests.conftest import HW4P2, write_tiny_recipe
 
 if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None:
     pytest.skip('onnx and onnxruntime are not installed (pip install -e ".[export]")', allow_module_level=True)
@@ -25,11 +25,7 @@ def tiny_run(tmp_path_factory) -> Path:
     if not HW4P2.is_dir():
         pytest.skip(f"the shared HW4P2 sample is absent (expected {HW4P2})")
     tmp = tmp_path_factory.mktemp("export")
-    recipe = tmp / "tiny.toml"
-    recipe.write_text((REPO / "recipes" / "char_tiny.toml").read_text()
-                      .replace('root = "../shared/data/hw4_data_subset/hw4p2_data"', f'root = "{HW4P2}"')
-                      .replace("max_frames = 12000", "max_frames = 6000\nmax_utterances = 8")
-                      .replace('[decode]\nname = "greedy"', f'[decode]\nname = "greedy"\nmax_len = {MAX_LEN}'))
+    recipe = write_tiny_recipe(tmp / "tiny.toml", HW4P2, max_frames=6000, max_len=MAX_LEN)
     run_dir = tmp / "run"
     assert main(["--quiet", "run", str(recipe), "--run-dir", str(run_dir), "--set", "trainer.epochs=1",
                  "--set", "trainer.max_steps=1", "--set", "model.tie_embeddings=false",

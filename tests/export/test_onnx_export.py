@@ -16,7 +16,7 @@ from speechforge.cli import main
 from speechforge.data.audio import FrontEnd
 from speechforge.data.tokenizers import SOS, load_tokenizer
 from speechforge.runtime import bundle
-from speechforge.runtime.model import OnnxModel
+from speechforge.runtime.model import OnnxModel, pad
 
 from tests.export.conftest import hw4p2_features
 
@@ -43,14 +43,6 @@ def test_export_folder_holds_checked_graphs_and_a_manifest_naming_every_input_an
     assert max(manifest["max_abs_difference_from_torch"].values()) < 1e-4
 
 
-def _padded(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.array([f.shape[0] for f in feats])
-    out = np.zeros((len(feats), lens.max(), feats[0].shape[1]), np.float32)
-    for i, f in enumerate(feats):
-        out[i, : len(f)] = f
-    return out, lens
-
-
 @torch.no_grad()
 def test_graphs_match_pytorch_on_real_speech_step_by_step_through_the_cache(tiny_run, tiny_export):
     """A padded batch of real utterances; the decoder fed each reference transcript one
@@ -58,7 +50,7 @@ def test_graphs_match_pytorch_on_real_speech_step_by_step_through_the_cache(tiny
     run = experiment.open_run(tiny_run)
     model, onnx_model = run.model, OnnxModel(tiny_export)
     paths = [p for p in hw4p2_features() if "train-clean-100" in str(p)][:5]
-    feats, lens = _padded([run.normalizer(FrontEnd().features(p)) for p in paths])
+    feats, lens = pad([run.normalizer(FrontEnd().features(p)) for p in paths])
     enc = onnx_model.encode(feats, lens)
     enc_out, enc_lens = model.encode(torch.from_numpy(feats), torch.from_numpy(lens))
     assert enc.enc_lens.tolist() == enc_lens.tolist()
