@@ -43,49 +43,59 @@ def export_onnx(run_dir: Path, out: Path | None = None, weights: str = "best", l
     """Export ``run_dir``'s model (``weights``: best, last or averaged) to ``out``
     (default ``RUN_DIR/onnx``, or ``RUN_DIR/onnx-<weights>``); returns the folder."""
     require("export", ("onnx", "onnxruntime"), "speechforge export")
-    import onnx
-
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else default_out(run_dir, weights)
     if out.exists() and any(out.iterdir()) and not bundle.is_export_dir(out):
         raise DataError("exists and is not an export folder; choose another --out or empty it", out)
     run = experiment.open_run(run_dir, weights=weights)
-    model = run.model.float().eval()
-
     # written beside the destination and moved in at the end: never half an export
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
+    try:
+        manifest = _write(run, partial, weights, log)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    (partial / bundle.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out
+
+
+def _write(run: experiment.TrainedRun, folder: Path, weights: str, log: Log) -> dict[str, Any]:
+    """Everything but the manifest into ``folder``; returns the manifest."""
+    import onnx
+
+    model = run.model.float().eval()
     has_ctc = model.ctc_head is not None
-    encoder_outputs = graphs.ENCODER_OUTPUTS + ((graphs.CTC_OUTPUT,) if has_ctc else ())
     front_end = experiment.front_end(run.recipe)
     feats, feat_lens = _example_feats(2, 96, front_end.num_mel_bins)
-    _trace(graphs.EncoderGraph(model), (feats, feat_lens), partial / bundle.ENCODER,
-           graphs.ENCODER_INPUTS, encoder_outputs, graphs.ENCODER_AXES)
+    _trace(graphs.EncoderGraph(model), (feats, feat_lens), folder / bundle.ENCODER, graphs.ENCODER_INPUTS,
+           graphs.ENCODER_OUTPUTS + ((graphs.CTC_OUTPUT,) if has_ctc else ()), graphs.ENCODER_AXES)
     with torch.no_grad():
         _, enc_lens, memory_k, memory_v = graphs.EncoderGraph(model)(feats, feat_lens)[:4]
     layers, _, heads, frames, head_dim = memory_k.shape
     # two hypotheses per utterance: DecoderLayer.cross_attend then takes the path where rows
     # share their utterance's memory, which is also right for one hypothesis per utterance
     hyps = 2 * feats.shape[0]
-    past = torch.randn(layers, hyps, heads, 2, head_dim)
-    step_args = (torch.full((hyps,), 5, dtype=torch.long), past, past.clone(), memory_k, memory_v,
-                 padding_mask(enc_lens, frames))
-    _trace(graphs.DecoderStepGraph(model), step_args, partial / bundle.DECODER_STEP,
-           graphs.STEP_INPUTS, graphs.STEP_OUTPUTS, graphs.STEP_AXES)
+    past = torch.randn(layers, hyps, heads, 2, head_dim, generator=torch.Generator().manual_seed(0))
+    step_args = (torch.full((hyps,), BLANK + 1), past, past.clone(), memory_k, memory_v, padding_mask(enc_lens, frames))
+    _trace(graphs.DecoderStepGraph(model), step_args, folder / bundle.DECODER_STEP, graphs.STEP_INPUTS,
+           graphs.STEP_OUTPUTS, graphs.STEP_AXES)
 
-    graph_files = {"encoder": bundle.ENCODER, "decoder_step": bundle.DECODER_STEP}
     described = {}
-    for name, file in graph_files.items():
-        onnx.checker.check_model(str(partial / file), full_check=True)
-        described[name] = {"file": file, **_signature(onnx.load(str(partial / file)))}
-    run.tokenizer.save(partial / bundle.TOKENIZER)
-    run.normalizer.save(partial / bundle.NORMALIZATION)
-    (partial / bundle.FEATURES).write_text(json.dumps(front_end.settings(), indent=2))
+    for name, file in (("encoder", bundle.ENCODER), ("decoder_step", bundle.DECODER_STEP)):
+        onnx.checker.check_model(str(folder / file), full_check=True)
+        described[name] = {"file": file, **_signature(onnx.load(str(folder / file)))}
+    run.tokenizer.save(folder / bundle.TOKENIZER)
+    run.normalizer.save(folder / bundle.NORMALIZATION)
+    (folder / bundle.FEATURES).write_text(json.dumps(front_end.settings(), indent=2))
     manifest = {
         "format": bundle.FORMAT,
         "version": bundle.VERSION,
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir),
         "weights": weights,
         "opset": OPSET,
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__},
@@ -96,14 +106,9 @@ def export_onnx(run_dir: Path, out: Path | None = None, weights: str = "best", l
         "files": {"tokenizer": bundle.TOKENIZER, "normalization": bundle.NORMALIZATION, "features": bundle.FEATURES},
         "decode": runtime_decoder(run.recipe.decode.name, run.recipe.decode.args, has_ctc, log),
     }
-    differences = _compare_with_torch(model, partial, manifest, front_end.num_mel_bins)
-    manifest["max_abs_difference_from_torch"] = differences
+    differences = _compare_with_torch(model, folder, manifest, front_end.num_mel_bins)
     log("onnxruntime against PyTorch, largest difference: " + ", ".join(f"{k} {v:.1e}" for k, v in differences.items()))
-    (partial / bundle.MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    return out
+    return {**manifest, "max_abs_difference_from_torch": differences}
 
 
 def runtime_decoder(name: str, args: dict[str, Any], has_ctc: bool, log: Log = print) -> dict[str, Any]:
