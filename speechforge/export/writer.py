@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -132,14 +135,39 @@ def _example_feats(batch: int, frames: int, num_mel_bins: int) -> tuple[torch.Te
     return feats, lens
 
 
+@contextmanager
+def _native_output_silenced():
+    """The tracer's C++ side writes straight to file descriptors 1 and 2 (an IR dump of the
+    whole graph on failure, shape-inference notes for packed LSTMs); the error raised says
+    what matters, and --debug shows its traceback."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+
+
 def _trace(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, axes) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _native_output_silenced():
         # the TorchScript exporter's deprecation notice, and tracer warnings about Python
         # values taken from shapes: graphs.py takes none that vary (checked by _compare_with_torch)
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=list(inputs),
-                          output_names=list(outputs), dynamic_axes={k: v for k, v in axes.items()
-                                                                    if k in inputs or k in outputs})
+        try:
+            torch.onnx.export(module, args, str(path), dynamo=False, opset_version=OPSET, input_names=list(inputs),
+                              output_names=list(outputs), dynamic_axes={k: v for k, v in axes.items()
+                                                                        if k in inputs or k in outputs})
+        except Exception as err:  # the tracer's errors are long IR dumps: keep the first line
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DataError(f"cannot be traced to ONNX ({type(err).__name__}: {reason[:300]}); the layers of this "
+                            "model (run with --debug for the whole trace) need a trace-friendly path", path.name) from err
 
 
 def _signature(model) -> dict[str, list[dict[str, Any]]]:
