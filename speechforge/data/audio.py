@@ -150,8 +150,10 @@ def resample(
     padded = np.pad(wav, pad)
     # Each stride of ``orig`` input samples yields ``new`` outputs, one per row of
     # the filter bank: one product over strided windows does the whole polyphase loop.
+    # einsum, not matmul: BLAS sums in an order that depends on its thread count, and a
+    # corpus must come out the same in one process or several
     windows = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1], axis=-1)[..., ::orig, :]
-    out = (windows @ kernel.T).reshape(*wav.shape[:-1], -1)  # (..., blocks x new), phases interleaved
+    out = np.einsum("...bk,nk->...bn", windows, kernel).reshape(*wav.shape[:-1], -1)  # phases interleaved
     return np.ascontiguousarray(out[..., : math.ceil(length * new / orig)])
 
 

@@ -5,8 +5,8 @@
 too, so ``speechforge.data.features`` stays the one place to import the front end from.
 Here:
 
-- ``resample``: the same polyphase sinc filter, applied to tensors on their device
-  (numpy arrays go to the numpy version).
+- ``resample``: the same polyphase sinc filter as a strided convolution, for tensors on
+  their device and for numpy arrays where torch is at hand (the synthetic corpus).
 - ``fbank_torch``: ``fbank``'s numbers, batched, on any device.
 
 Features are Kaldi's: natural-log mel energies of an int16-scaled signal, so
@@ -39,13 +39,14 @@ def resample(
     rolloff: float = 0.945,
     beta: float = 8.6,
 ) -> np.ndarray | torch.Tensor:
-    """Resample the last axis from ``orig_sr`` to ``new_sr`` (``speechforge.data.audio.resample``
-    says how). Numpy in, numpy out; a tensor stays on its device."""
+    """Resample the last axis from ``orig_sr`` to ``new_sr`` with ``speechforge.data.audio``'s
+    filter (its ``resample`` says how). Numpy in, numpy out; a tensor stays on its device."""
     if orig_sr == new_sr:
         return waveform
-    if isinstance(waveform, np.ndarray):
-        return audio.resample(waveform, orig_sr, new_sr, zero_crossings, rolloff, beta)
-    wav = waveform
+    # numpy arrays too: torch's convolution is several times faster than the numpy
+    # version, which matters where a corpus is generated (it runs on one torch thread there)
+    as_numpy = isinstance(waveform, np.ndarray)
+    wav = torch.from_numpy(np.asarray(waveform, dtype=np.float32)) if as_numpy else waveform
     orig, new = audio.reduced_rates(orig_sr, new_sr)
     taps, width = audio.sinc_kernel(orig, new, zero_crossings, rolloff, beta)
     kernel = torch.from_numpy(taps.copy())[:, None, :].to(device=wav.device, dtype=wav.dtype)  # (new, 1, K)
@@ -58,7 +59,8 @@ def resample(
     padded = F.pad(flat, (width, width + orig))
     out = F.conv1d(padded, kernel, stride=orig)  # (B, new, blocks)
     out = out.transpose(1, 2).reshape(flat.shape[0], -1)  # interleave phases
-    return out[:, : math.ceil(length * new / orig)].reshape(*shape[:-1], -1)
+    out = out[:, : math.ceil(length * new / orig)].reshape(*shape[:-1], -1)
+    return out.numpy() if as_numpy else out
 
 
 # ---------------------------------------------------------------- filterbanks
