@@ -196,7 +196,7 @@ def _compare_with_torch(model, folder: Path, manifest: dict[str, Any], num_mel_b
         enc_out, enc_lens = model.encode(feats, feat_lens)
         if not np.array_equal(enc.enc_lens, enc_lens.numpy()):
             raise DataError(f"the encoder graph gives lengths {enc.enc_lens.tolist()}, PyTorch {enc_lens.tolist()}",
-                            folder / bundle.ENCODER)
+                            bundle.ENCODER)
         valid = enc.memory_valid
         diffs["enc_out"] = float(np.abs(enc.enc_out - enc_out.numpy())[valid].max())
         if enc.ctc_log_probs is not None:
@@ -214,5 +214,5 @@ def _compare_with_torch(model, folder: Path, manifest: dict[str, Any], num_mel_b
         if not diff <= TOLERANCE:
             graph = bundle.DECODER_STEP if name == "log_probs" else bundle.ENCODER
             raise DataError(f"onnxruntime's {name} differ from PyTorch's by {diff:.2g} (tolerance {TOLERANCE}): "
-                            "this model does not trace faithfully", folder / graph)
+                            "this model does not trace faithfully; nothing was written", graph)
     return diffs
