@@ -170,7 +170,10 @@ class RelPositionStack(EncoderStack):
 
     def positions(self, length: int) -> torch.Tensor:
         """The (2T-1, D) offset sinusoids, cut from a table grown on demand (computing them
-        afresh took a hundredth of a quickstart step)."""
+        afresh took a hundredth of a quickstart step). An ONNX export computes them in
+        the graph: a cut of the table would freeze the traced length."""
+        if torch.onnx.is_in_onnx_export():
+            return relative_positions(length, self.table.shape[1], self.table.device)
         longest = (self.table.shape[0] + 1) // 2
         if length > longest:
             longest = max(length, 2 * longest)
