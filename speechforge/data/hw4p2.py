@@ -72,6 +72,10 @@ class FeatureCorpus:
         """The splits a run decodes and scores at the end: dev and every test split."""
         return [role for role in self.splits if role != "train"]
 
+    def draw_for(self, utterances: list) -> None:
+        """Which utterances an epoch draws: all of them, once (a mix of corpora draws by weight)."""
+        return None
+
     def has(self, role: str) -> bool:
         folder = self.splits.get(role)
         return folder is not None and (self.root / folder / "fbank").is_dir()
