@@ -52,12 +52,13 @@ class FeatureCorpus:
 
     def _sort_augmentations(self, augment: list[Spec]) -> tuple[list[Spec], list[Spec]]:
         levels = [domain(spec.build()) for spec in augment]
-        waveform = [spec for spec, level in zip(augment, levels) if level == "waveform"]
+        # both need the recording: they act before or while its filterbank is computed
+        waveform = [spec for spec, level in zip(augment, levels) if level in ("waveform", "filterbank")]
         if waveform and not self.reads_audio:
             spec = waveform[0]
             raise RecipeError([(f"{spec.path}.name", f"{spec.name!r} changes the waveform, but this dataset reads stored "
                                 f"features; use an audio source (librispeech, kaldi, jsonl with \"audio\") or remove it")])
-        return [spec for spec, level in zip(augment, levels) if level != "waveform"], waveform
+        return [spec for spec, level in zip(augment, levels) if level == "features"], waveform
 
     def prepare(self, log: Callable[[str], None] = print) -> None:
         """Make sure the data exists (the synthetic corpus builds itself here)."""
