@@ -36,6 +36,7 @@ from pydantic import Field
 from speechforge import registry
 from speechforge.data.augment import domain
 from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, Utterance
+from speechforge.data.sources import Augment, Normalization, Workers
 from speechforge.recipe import RecipeError, Spec, Sub, schema_for
 
 # What a mix does for all its corpora at once; a corpus that sets one of these would be ignored.
@@ -197,12 +198,12 @@ def mix(
     epoch_utterances: PositiveOrNone = None,
     dev: Index | None = 0,
     test: Index | None = 0,
-    normalization: Annotated[Spec, Sub("normalizers")] = {"name": "global_mvn"},
-    augment: Annotated[list[Spec], Sub("augmentations", many=True)] = [],
+    normalization: Normalization = {"name": "global_mvn"},
+    augment: Augment = [],
     max_frames: PositiveOrNone = 20000,
     batch_size: PositiveOrNone = None,
     bucketed: bool = True,
-    num_workers: Annotated[int, Field(ge=0)] = 0,
+    num_workers: Workers = 0,
     on_bad_file: OnBadFile = "stop",
 ) -> MixedCorpus:
     """Several datasets trained on at once, each epoch drawing from each by weight; dev and test from one."""
