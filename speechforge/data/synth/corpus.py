@@ -202,15 +202,15 @@ def fit_duration(utt: Utterance, recording: Recording = Recording()) -> tuple[np
     more silence. Both depend only on the plan entry, so stay deterministic.
     """
     voice, channel = utt.voice, utt.channel
-    rate, min_seconds = recording.rate, recording.min_seconds
-    speech = synthesize(utt.text, voice, rate)
-    seconds = len(speech) / rate
+    sample_rate, min_seconds = recording.rate, recording.min_seconds
+    speech = synthesize(utt.text, voice, sample_rate)
+    seconds = len(speech) / sample_rate
     pads = channel.lead_s + channel.trail_s
     if seconds + pads > MAX_SECONDS:
         rate = min(MAX_RATE, math.ceil(1.05 * voice.rate * seconds / (MAX_SECONDS - pads)))
         voice = replace(voice, rate=rate, word_gap=0)
-        speech = synthesize(utt.text, voice, rate)
-        seconds = len(speech) / rate
+        speech = synthesize(utt.text, voice, sample_rate)
+        seconds = len(speech) / sample_rate
         if seconds + pads > MAX_SECONDS:
             pad = max(0.02, (MAX_SECONDS - seconds) / 2)
             channel = replace(channel, lead_s=round(min(pad, channel.lead_s), 3),
