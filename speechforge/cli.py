@@ -91,6 +91,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--test", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--wav", action="store_true", help="also keep the waveforms")
+    said = s.add_mutually_exclusive_group()
+    said.add_argument("--words", nargs="+", metavar="WORD", help="say these words (e.g. ZERO ONE ... NINE), not the grammar's sentences")
+    said.add_argument("--text", type=Path, metavar="FILE", help="say this file's sentences, one a line")
+    s.add_argument("--words-per-utterance", type=int, nargs=2, default=(1, 1), metavar=("LOW", "HIGH"))
+    s.add_argument("--recording-rate", type=int, default=16000, help="record at this rate (8000: telephone band)")
+    s.add_argument("--min-seconds", type=float, default=1.5, help="pad shorter utterances with noise to this length")
+    s = dsub.add_parser("fsdd", help="write train/dev/test.jsonl manifests of the FSDD digit recordings")
+    s.add_argument("--recordings", type=Path, default=Path("../shared/data/fsdd/recordings"))
+    s.add_argument("--out", type=Path, default=Path("data/fsdd"))
+    s.add_argument("--test-speaker", action="append", default=[], help="hold a speaker out for test (repeatable)")
     s = dsub.add_parser("prepare", help="compute the features of every split of a recipe's dataset, once")
     s.add_argument("recipe", type=Path)
     _add_set(s)
@@ -215,7 +225,14 @@ def cmd_decode(args, log) -> int:
 
 def cmd_data(args, log) -> int:
     from speechforge.data.synth import build_corpus
+    from speechforge.data.synth.corpus import Recording
+    from speechforge.data.synth.targeted import TargetText
 
+    if args.data_command == "fsdd":
+        from speechforge.data.fsdd import write_manifests
+
+        print(json.dumps(write_manifests(args.recordings, args.out, args.test_speaker)))
+        return 0
     if args.data_command == "prepare":
         from speechforge import recipe as recipe_mod
         from speechforge.data.feature_cache import prepare_all
@@ -224,7 +241,10 @@ def cmd_data(args, log) -> int:
         print(json.dumps(prepare_all(recipe.data.build(), log), indent=2))
         return 0
     stats = build_corpus(args.out, n_train=args.train, n_dev=args.dev, n_test=args.test, seed=args.seed,
-                         save_wav=args.wav, progress=not args.quiet)
+                         save_wav=args.wav, progress=not args.quiet,
+                         text=(TargetText.from_words(args.words, tuple(args.words_per_utterance)) if args.words
+                               else TargetText.from_file(args.text) if args.text else None),
+                         recording=Recording(args.recording_rate, args.min_seconds))
     print(json.dumps(stats, indent=2))
     return 0
 

@@ -63,6 +63,7 @@ class Experiment:
         sampler = BucketBatchSampler(
             lengths, self.corpus.max_frames, self.corpus.batch_size, bucketed=self.corpus.bucketed or not train,
             shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank,
+            draw=self.corpus.draw_for(utterances) if train else None,
         )
         # pinned host memory lets the copy to a GPU overlap the step (Batch.to(non_blocking=True))
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.corpus.num_workers,
@@ -169,10 +170,7 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
 def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: int | None,
                 stages: list | None = None) -> int:
     """Optimizer steps of the whole run, for schedules that need to know where it ends."""
-    split = exp.corpus.split("train")
-    lengths = [u.num_frames for u in split.utterances]
-    sampler = BucketBatchSampler(lengths, exp.corpus.max_frames, exp.corpus.batch_size, exp.corpus.bucketed)
-    per_epoch = math.ceil(len(sampler.batches()) / grad_accum_steps)
+    per_epoch = math.ceil(len(train_batches(exp, shuffle=True)[1]) / grad_accum_steps)
     if stages:
         steps = sum(st.steps or math.ceil(st.epochs * per_epoch * (st.data_fraction or 1.0)) for st in stages)
     else:
@@ -191,6 +189,15 @@ def schedule_warning(recipe: Recipe, steps: int) -> str | None:
             "or train longer")
 
 
+def train_batches(exp: Experiment, shuffle: bool) -> tuple[list[int], list[list[int]]]:
+    """The training split's lengths and the batches of its first epoch, as the run draws them."""
+    utterances = exp.corpus.split("train").utterances
+    lengths = [u.num_frames for u in utterances]
+    sampler = BucketBatchSampler(lengths, exp.corpus.max_frames, exp.corpus.batch_size, exp.corpus.bucketed,
+                                 shuffle=shuffle, draw=exp.corpus.draw_for(utterances))
+    return lengths, sampler.batches()
+
+
 def dataset_stats(exp: Experiment) -> dict[str, dict[str, float]]:
     stats = {}
     for role in exp.corpus.roles:
@@ -203,11 +210,11 @@ def dataset_stats(exp: Experiment) -> dict[str, dict[str, float]]:
                 s["tokens"] = sum(len(exp.tokenizer.encode(u.text)) for u in split.utterances)
             stats[role] = s
     if "train" in stats:
-        lengths = [u.num_frames for u in exp.corpus.split("train").utterances]
-        batches = BucketBatchSampler(lengths, exp.corpus.max_frames, exp.corpus.batch_size, exp.corpus.bucketed,
-                                     shuffle=False).batches()
+        lengths, batches = train_batches(exp, shuffle=False)
         stats["train"]["batches"] = len(batches)
         stats["train"]["padding_fraction"] = round(padding_fraction(lengths, batches), 4)
+        if hasattr(exp.corpus, "shares"):  # a mix of corpora: what each brings to an epoch
+            stats["train"]["corpora"] = exp.corpus.shares(exp.corpus.split("train").utterances)
     return stats
 
 
@@ -264,8 +271,9 @@ def front_end(recipe: Recipe) -> FrontEnd:
 def _skip_data_checks(raw: dict[str, Any]) -> None:
     """A run is reusable where its corpus is absent: validate data.root only if it exists."""
     data = raw.get("data", {})
-    if isinstance(data, dict) and "root" in data and not Path(str(data["root"])).exists():
-        data["root"] = "."
+    for section in [data] + (data.get("corpora", []) if isinstance(data, dict) else []):  # a mix's too
+        if isinstance(section, dict) and "root" in section and not Path(str(section["root"])).exists():
+            section["root"] = "."
 
 
 def load_weights(run_dir: Path, which: str = "best") -> dict[str, torch.Tensor]:

@@ -76,7 +76,10 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
         experiment.write_skipped(exp)
     state.wait_for_everyone()
     for role, s in stats.items():
-        log(f"data.{role}: " + ", ".join(f"{k} {v}" for k, v in s.items()))
+        log(f"data.{role}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "corpora"))
+        for label, c in s.get("corpora", {}).items():  # a mix: each corpus's share of an epoch
+            log(f"data.{role}.corpora {label}: {c['utterances']} utterances ({c['hours']} h), weight {c['weight']:g}, "
+                f"{c['epoch_utterances']} an epoch: {c['share']:.1%} of its utterances, {c['frame_share']:.1%} of its frames")
     log(f"model: {count_parameters(exp.model):,} parameters, vocabulary {exp.tokenizer.vocab_size}"
         + (" (resuming)" if resuming else ""))
 

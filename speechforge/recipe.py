@@ -376,15 +376,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise RecipeError([(key, f"--set names an unknown section{hint}")])
         node = raw
         for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
+            child = _entry(node, part, key, parts[:i]) if isinstance(node, list) else node.setdefault(part, {})
+            if not isinstance(child, (dict, list)):
                 raise RecipeError([(key, f"--set goes through {'.'.join(parts[: i + 1])}, which is {_show(child)}, not a table")])
             node = child
         value = parse_value(text.strip())
+        if isinstance(node, list):  # data.corpora.1=...: replace an entry of an array of tables
+            _entry(node, parts[-1], key, parts[:-1])
+            node[int(parts[-1])] = value
+            continue
         if parts[-1] == "name" and node.get("name") not in (None, value):
             _drop_foreign_args(node, value, parts[:-1])
         node[parts[-1]] = value
     return raw
+
+
+def _entry(items: list, part: str, key: str, where: list[str]) -> Any:
+    """``data.corpora.0``: an entry of an array of tables, by its index."""
+    if not part.isdigit() or int(part) >= len(items):
+        raise RecipeError([(key, f"--set goes through {'.'.join(where)}, a list of {len(items)}: expected an index "
+                                 f"0-{len(items) - 1}, got {_show(part)}")])
+    return items[int(part)]
 
 
 def _drop_foreign_args(node: dict[str, Any], new_name: Any, parts: list[str]) -> None:

@@ -71,6 +71,7 @@ _BUILTIN_MODULES = (
 )
 _OPTIONAL_BUILTINS = (
     "speechforge.data.sources",
+    "speechforge.data.mixing",
     "speechforge.model.lm",
     "speechforge.decode.beam",
     "speechforge.decode.ctc",

@@ -5,6 +5,8 @@ padded (B, T, F) batches; the trainer calls them as ``aug(feats, feat_lens)``.
 
 Waveform level (``domain = "waveform"``): speed perturbation and additive noise act on
 one recording before its filterbank is computed, so they only apply to audio sources.
+Filterbank level (``domain = "filterbank"``): vocal tract length perturbation computes
+that filterbank with its mel filters warped; audio sources only, like the waveform level.
 Such a source recomputes each training utterance's features at every read
 (``OnTheFlyFeatures``, called by the dataset item pipeline); dev and test read the
 features stored by ``speechforge data prepare``. A feature-only source refuses them.
@@ -24,7 +26,7 @@ from speechforge import registry
 from speechforge.data.errors import DataError
 
 Count = Annotated[int, Field(ge=0)]
-Domain = Literal["features", "waveform"]
+Domain = Literal["features", "waveform", "filterbank"]
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
@@ -223,6 +225,39 @@ def noise(
     return AdditiveNoise(tuple(snr_db), prob, files)
 
 
+class VTLP:
+    """Vocal tract length perturbation (Jaitly and Hinton, 2013): each utterance's filterbank
+    computed with its mel filters warped by a factor drawn from ``warp``, Kaldi's VTLN warp
+    (``speechforge.data.features.vtln_warp_freq``). A speaker's formants sit higher or lower
+    with the length of their vocal tract; the warp shows the model the same words with the
+    formants moved, as an unheard speaker would say them."""
+
+    domain: Domain = "filterbank"
+
+    def __init__(self, warp: tuple[float, float]):
+        self.warp = warp
+
+    def __call__(self, wav: np.ndarray, sample_rate: int, num_mel_bins: int, rng: np.random.Generator) -> np.ndarray:
+        from speechforge.data.features import fbank_torch
+
+        factor = float(rng.uniform(*self.warp))
+        feats, _ = fbank_torch(torch.from_numpy(wav)[None], sample_rate=sample_rate, num_mel_bins=num_mel_bins,
+                               vtln_warp=factor)
+        return feats[0].numpy()  # (F, T)
+
+
+def _warp_range(value: tuple[float, float]) -> tuple[float, float]:
+    if not 0.5 <= value[0] <= value[1] <= 2.0:
+        raise ValueError(f"expected [low, high] with 0.5 <= low <= high <= 2.0, got [{value[0]}, {value[1]}]")
+    return value
+
+
+@registry.augmentations.register("vtlp")
+def vtlp(warp: Annotated[tuple[float, float], AfterValidator(_warp_range)] = (0.9, 1.1)) -> VTLP:
+    """Vocal tract length perturbation: mel filters warped per utterance by a factor drawn from warp; audio sources only."""
+    return VTLP(tuple(warp))
+
+
 # --- features of augmented waveforms ---------------------------------------------------
 
 
@@ -240,14 +275,19 @@ def one_thread() -> Iterator[None]:
 
 
 class OnTheFlyFeatures:
-    """Read a recording, apply the waveform augmentations, compute its filterbank: (T, F).
+    """Read a recording, apply the waveform augmentations, compute its filterbank (with a
+    filterbank-level augmentation's warp, when there is one): (T, F).
 
     Each call draws its randomness from torch's default generator, which DataLoader
     seeds per worker from the run's seed: the same seed and num_workers give the same
     augmented features."""
 
     def __init__(self, augmentations: list, sample_rate: int, num_mel_bins: int):
-        self.augmentations, self.sample_rate, self.num_mel_bins = augmentations, sample_rate, num_mel_bins
+        self.augmentations = [aug for aug in augmentations if domain(aug) == "waveform"]
+        self.filterbanks = [aug for aug in augmentations if domain(aug) == "filterbank"]
+        if len(self.filterbanks) > 1:
+            raise ValueError("one filterbank-level augmentation at most: each computes the features itself")
+        self.sample_rate, self.num_mel_bins = sample_rate, num_mel_bins
 
     def __call__(self, audio: Path) -> np.ndarray:
         from speechforge.data.features import fbank, read_audio
@@ -257,7 +297,10 @@ class OnTheFlyFeatures:
             wav = read_audio(audio, self.sample_rate)
             for aug in self.augmentations:
                 wav = aug(wav, self.sample_rate, rng)
-        feats = fbank(wav, self.sample_rate, self.num_mel_bins)  # (F, T)
+            if self.filterbanks:
+                feats = self.filterbanks[0](wav, self.sample_rate, self.num_mel_bins, rng)  # (F, T)
+            else:
+                feats = fbank(wav, self.sample_rate, self.num_mel_bins)
         if feats.shape[1] == 0:
             raise DataError("too short for one frame after waveform augmentation", audio)
         return np.ascontiguousarray(feats.T)

@@ -84,13 +84,13 @@ def collate(items: list[dict]) -> Batch:
 
 
 def make_batches(lengths: list[int], max_frames: int | None, batch_size: int | None,
-                 bucketed: bool, rng: random.Random | None) -> list[list[int]]:
-    """Group utterance indices into batches.
+                 bucketed: bool, rng: random.Random | None, indices: list[int] | None = None) -> list[list[int]]:
+    """Group utterance indices (all of them, or ``indices``, which may repeat one) into batches.
 
     ``max_frames`` bounds the padded size (longest x count), not the sum of lengths,
     because padded frames cost compute too. Bucketing sorts by length (with a little
     seeded jitter so batches differ between epochs) so each batch pads little."""
-    order = list(range(len(lengths)))
+    order = list(range(len(lengths))) if indices is None else list(indices)
     if bucketed:
         if rng is not None:
             jitter = {i: lengths[i] * (1 + 0.1 * rng.random()) for i in order}
@@ -120,12 +120,15 @@ class BucketBatchSampler(Sampler[list[int]]):
     """Dynamic, length-bucketed batches, reshuffled per epoch from (seed, epoch).
 
     ``start`` skips the batches of an epoch already trained, so a resumed run sees
-    exactly the batches an uninterrupted one would."""
+    exactly the batches an uninterrupted one would. ``draw`` (a mix of corpora's
+    ``WeightedDraw``) chooses which utterances each epoch holds, from its own (seed, epoch)
+    generator, so an epoch is the same whether or not it is shuffled or resumed."""
 
     def __init__(self, lengths: list[int], max_frames: int | None, batch_size: int | None,
                  bucketed: bool = True, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, draw: Callable[[random.Random], list[int]] | None = None):
         self.lengths = lengths
+        self.draw = draw
         self.max_frames, self.batch_size = max_frames, batch_size
         self.bucketed, self.shuffle, self.seed = bucketed, shuffle, seed
         self.num_replicas, self.rank = num_replicas, rank
@@ -143,7 +146,8 @@ class BucketBatchSampler(Sampler[list[int]]):
     def batches(self) -> list[list[int]]:
         """This process's batches of the epoch (all of them in a one-process run)."""
         rng = random.Random(self.seed * 100003 + self.epoch) if self.shuffle else None
-        batches = make_batches(self.lengths, self.max_frames, self.batch_size, self.bucketed, rng)
+        indices = self.draw(random.Random(f"draw/{self.seed}/{self.epoch}")) if self.draw else None
+        batches = make_batches(self.lengths, self.max_frames, self.batch_size, self.bucketed, rng, indices)
         if self.num_replicas == 1:
             return batches
         return [shard_batch(b, self.lengths, self.num_replicas)[self.rank] for b in merge_small(batches, self.num_replicas)]

@@ -30,6 +30,7 @@ class Utterance:
     # Set on training utterances whose features are recomputed from ``audio`` at every
     # read, after waveform augmentation (see speechforge.data.augment.OnTheFlyFeatures).
     front_end: Callable[[Path], np.ndarray] | None = None
+    corpus: str | None = None  # in a mix of corpora (speechforge.data.mixing), which one it came from
 
 
 @dataclass

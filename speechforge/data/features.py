@@ -66,18 +66,38 @@ def resample(
 # ---------------------------------------------------------------- filterbanks
 
 
+def vtln_warp_freq(freq: torch.Tensor, warp: float, low_freq: float, high_freq: float,
+                   vtln_low: float = 100.0, vtln_high: float = -500.0, nyquist: float = 8000.0) -> torch.Tensor:
+    """Kaldi's VTLN frequency warp (``MelBanks::VtlnWarpFreq``): f -> f / warp between two
+    cut-offs, with straight lines from there to ``low_freq`` and ``high_freq``, so the band
+    edges stay where they are. ``vtln_high`` <= 0 is an offset from Nyquist, as in Kaldi."""
+    if vtln_high <= 0.0:
+        vtln_high += nyquist
+    lo, hi = vtln_low * max(1.0, warp), vtln_high * min(1.0, warp)
+    scale = 1.0 / warp
+    left_slope = (scale * lo - low_freq) / (lo - low_freq)
+    right_slope = (high_freq - scale * hi) / (high_freq - hi)
+    warped = torch.where(freq < lo, low_freq + left_slope * (freq - low_freq),
+                         torch.where(freq < hi, scale * freq, high_freq + right_slope * (freq - high_freq)))
+    return torch.where((freq < low_freq) | (freq > high_freq), freq, warped)
+
+
 def kaldi_mel_banks(
     num_mel_bins: int,
     padded_window: int,
     sample_rate: int,
     low_freq: float = 20.0,
     high_freq: float = 0.0,
+    vtln_warp: float = 1.0,
 ) -> torch.Tensor:
     """Kaldi's triangular mel filters: (num_mel_bins, padded_window // 2 + 1).
 
     Triangles are equally spaced on the mel scale 1127 ln(1 + f / 700) and
     evaluated at each FFT bin's mel value. Kaldi never uses the Nyquist bin,
-    so the last column is zero.
+    so the last column is zero. ``vtln_warp`` moves the triangles' corners as
+    Kaldi's VTLN does (``vtln_warp_freq``): above 1 each filter moves down to
+    1/warp of its frequency, so formants land in higher bins, as a shorter vocal
+    tract would put them.
     """
     nyquist = 0.5 * sample_rate
     if high_freq <= 0.0:
@@ -87,11 +107,17 @@ def kaldi_mel_banks(
     def mel(f):
         return 1127.0 * torch.log1p(f / 700.0)
 
+    def hz(m):
+        return 700.0 * torch.expm1(m / 1127.0)
+
     mel_low = mel(torch.tensor(low_freq, dtype=torch.float64))
     mel_high = mel(torch.tensor(high_freq, dtype=torch.float64))
     delta = (mel_high - mel_low) / (num_mel_bins + 1)
     b = torch.arange(num_mel_bins, dtype=torch.float64)[:, None]
     left, center, right = mel_low + b * delta, mel_low + (b + 1) * delta, mel_low + (b + 2) * delta
+    if vtln_warp != 1.0:
+        left, center, right = (mel(vtln_warp_freq(hz(m), vtln_warp, low_freq, high_freq, nyquist=nyquist))
+                               for m in (left, center, right))
     bin_mel = mel(torch.arange(num_fft_bins, dtype=torch.float64) * sample_rate / padded_window)
     up = (bin_mel - left) / (center - left)
     down = (right - bin_mel) / (right - center)
@@ -107,12 +133,14 @@ def fbank_torch(
     frame_length_ms: float = 25.0,
     frame_shift_ms: float = 10.0,
     dither: float = 0.0,
+    vtln_warp: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched ``fbank``: waveforms (B, N) in [-1, 1] -> (feats (B, num_mel_bins, T), frame_lens (B,)).
 
     Same numbers as ``fbank`` (within float32 rounding), for a batch on any
     device. ``lengths`` (B,) gives each waveform's valid samples (default: all
-    N). Frames past ``frame_lens`` are zero.
+    N). Frames past ``frame_lens`` are zero. ``vtln_warp``: the mel filters warped
+    as Kaldi's VTLN does (``kaldi_mel_banks``), for vocal tract length perturbation.
     """
     if waveforms.dim() != 2:
         raise ValueError(f"waveforms: expected shape (B, N), got {tuple(waveforms.shape)}")
@@ -151,7 +179,7 @@ def fbank_torch(
 
     spectrum = torch.fft.rfft(frames, n=padded_window)  # (B, T, padded/2 + 1)
     power = spectrum.real.square() + spectrum.imag.square()
-    banks = kaldi_mel_banks(num_mel_bins, padded_window, sample_rate).to(device)
+    banks = kaldi_mel_banks(num_mel_bins, padded_window, sample_rate, vtln_warp=vtln_warp).to(device)
     mel = torch.matmul(power, banks.T).clamp(min=LOG_FLOOR).log()  # (B, T, M)
 
     valid = torch.arange(num_frames, device=device)[None, :] < frame_lens[:, None]

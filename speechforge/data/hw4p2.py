@@ -52,12 +52,13 @@ class FeatureCorpus:
 
     def _sort_augmentations(self, augment: list[Spec]) -> tuple[list[Spec], list[Spec]]:
         levels = [domain(spec.build()) for spec in augment]
-        waveform = [spec for spec, level in zip(augment, levels) if level == "waveform"]
+        # both need the recording: they act before or while its filterbank is computed
+        waveform = [spec for spec, level in zip(augment, levels) if level in ("waveform", "filterbank")]
         if waveform and not self.reads_audio:
             spec = waveform[0]
             raise RecipeError([(f"{spec.path}.name", f"{spec.name!r} changes the waveform, but this dataset reads stored "
                                 f"features; use an audio source (librispeech, kaldi, jsonl with \"audio\") or remove it")])
-        return [spec for spec, level in zip(augment, levels) if level != "waveform"], waveform
+        return [spec for spec, level in zip(augment, levels) if level == "features"], waveform
 
     def prepare(self, log: Callable[[str], None] = print) -> None:
         """Make sure the data exists (the synthetic corpus builds itself here)."""
@@ -71,6 +72,10 @@ class FeatureCorpus:
     def eval_roles(self) -> list[str]:
         """The splits a run decodes and scores at the end: dev and every test split."""
         return [role for role in self.splits if role != "train"]
+
+    def draw_for(self, utterances: list) -> None:
+        """Which utterances an epoch draws: all of them, once (a mix of corpora draws by weight)."""
+        return None
 
     def has(self, role: str) -> bool:
         folder = self.splits.get(role)
@@ -125,9 +130,16 @@ def hw4p2(
 
 
 class SynthCorpus(FeatureCorpus):
-    def __init__(self, sizes: dict[str, int], seed: int, **kwargs):
+    """The built-in corpus; ``text`` (a TargetText) and ``recording`` (a Recording) when the
+    recipe chooses what its voices say and how they are recorded."""
+
+    def __init__(self, sizes: dict[str, int], seed: int, text=None, recording=None, **kwargs):
         super().__init__(**kwargs)
+        from speechforge.data.synth.corpus import Recording, describe_text_and_recording
+
         self.sizes, self.seed = sizes, seed
+        self.text, self.recording = text, recording or Recording()
+        self.made_from = describe_text_and_recording(self.text, self.recording)
 
     def prepare(self, log: Callable[[str], None] = print) -> None:
         made = self.root / "corpus.json"
@@ -136,10 +148,11 @@ class SynthCorpus(FeatureCorpus):
             return
         from speechforge.data.synth import build_corpus
 
+        what = "" if self.text is None else f", saying {self.text.describe()['kind']} of the recipe's"
         log(f"The built-in corpus is missing: generating it in {self.root} "
-            f"({self.sizes['train']}/{self.sizes['dev']}/{self.sizes['test']} utterances, seed {self.seed}) ...")
+            f"({self.sizes['train']}/{self.sizes['dev']}/{self.sizes['test']} utterances, seed {self.seed}{what}) ...")
         build_corpus(self.root, n_train=self.sizes["train"], n_dev=self.sizes["dev"], n_test=self.sizes["test"],
-                     seed=self.seed, progress=sys.stderr.isatty())
+                     seed=self.seed, progress=sys.stderr.isatty(), text=self.text, recording=self.recording)
 
     def _check_matches(self, made: Path) -> None:
         """A corpus generated earlier with other sizes or another seed is not this recipe's:
@@ -156,6 +169,21 @@ class SynthCorpus(FeatureCorpus):
                 f"{stats.get('seed')}; the recipe asks for {self.sizes['train']}/{self.sizes['dev']}/"
                 f"{self.sizes['test']}, seed {self.seed}. Delete {self.root} to generate it anew, or set data.root "
                 "to another folder", made)
+        from speechforge.data.synth.corpus import Recording, describe_text_and_recording
+
+        defaults = describe_text_and_recording(None, Recording())  # what a corpus.json without the keys was made with
+        had = {key: stats.get(key, default) for key, default in defaults.items()}
+        if had != self.made_from:
+            differ = "; ".join(f"{key} {had[key]} there, {self.made_from[key]} in the recipe"
+                               for key in had if had[key] != self.made_from[key])
+            raise DataError(f"holds a corpus made from other text or recordings ({differ}). Delete {self.root} "
+                            "to generate it anew, or set its root to another folder", made)
+
+
+def _existing_file(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError(f"no such file {value!r}: expected a text file, one sentence a line")
+    return value
 
 
 @registry.datasets.register("synth")
@@ -173,11 +201,26 @@ def synth(
     num_workers: Annotated[int, Field(ge=0)] = 0,
     on_bad_file: OnBadFile = "stop",
     max_utterances: PositiveOrNone = None,
+    words: list[str] | None = None,
+    words_per_utterance: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = (1, 1),
+    text_file: Annotated[str, AfterValidator(_existing_file)] | None = None,
+    recording_rate: Annotated[int, Field(ge=4000)] = 16000,
+    min_seconds: Annotated[float, Field(ge=0.0, le=4.0)] = 1.5,
 ) -> SynthCorpus:
-    """The built-in synthetic English corpus (espeak-ng voices), generated on first use."""
+    """The built-in synthetic English corpus (espeak-ng voices), generated on first use; saying
+    the grammar's sentences, or a word list's words (words_per_utterance of them) or a
+    text_file's sentences, recorded at recording_rate."""
+    from speechforge.data.errors import DataError
+    from speechforge.data.synth.corpus import Recording
+    from speechforge.data.synth.targeted import TargetText
+
+    if words is not None and text_file is not None:
+        raise DataError("the synth dataset takes words or text_file, not both")
+    text = (TargetText.from_words(words, tuple(words_per_utterance)) if words is not None
+            else TargetText.from_file(text_file) if text_file is not None else None)
     return SynthCorpus(
         sizes={"train": train_utterances, "dev": dev_utterances, "test": test_utterances},
-        seed=corpus_seed,
+        seed=corpus_seed, text=text, recording=Recording(recording_rate, min_seconds),
         root=Path(root), splits={"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"},
         num_mel_bins=80, on_bad_file=on_bad_file, max_frames=max_frames, batch_size=batch_size,
         bucketed=bucketed, num_workers=num_workers, normalization=normalization, augment=augment,

@@ -7,7 +7,8 @@
                                           so that test CER can be measured
     out/<split>/wav/<utt>.wav             with save_wav: 16 kHz 16-bit PCM
     out/<split>/utterances.jsonl          every utterance's text, speaker, settings
-    out/corpus.json                       statistics per split, seed, generator version
+    out/corpus.json                       statistics per split, seed, generator version,
+                                          the text it says and how it was recorded
 
 Speakers do not cross splits: a speaker is an espeak voice (accent) plus a
 variant (timbre), and dev and test get variants that train never hears, so
@@ -18,6 +19,11 @@ Everything an utterance becomes is decided by a plan made up front from the
 seed (text, speaker, rate, pitch, noise, gain), and each utterance is made
 from its own plan entry alone, so the corpus is the same whatever the number
 of workers or the order they finish in.
+
+The text is the built-in grammar's sentences, or a user's (``TargetText``: a sentence file
+or a word list), so that a corpus can cover the words a user needs with hundreds of voices.
+``recording_rate`` makes the recordings at another rate (8000: telephone band, as the
+FSDD digits); features are computed at 16 kHz either way, as for any recording.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from tqdm import tqdm
 
 from speechforge.data.errors import DataError
 from speechforge.data.features import fbank
+from speechforge.data.features import resample
 from speechforge.data.synth.speech import SAMPLE_RATE, Channel, Voice, apply_channel, synthesize
+from speechforge.data.synth.targeted import TargetText
 from speechforge.data.synth.text import SentenceGenerator
 
 GENERATOR_VERSION = "speechforge.synth.v1"
@@ -62,6 +70,15 @@ HELD_OUT_SHARE = 0.12
 # that a batch of them pads little.
 MIN_SECONDS, MAX_SECONDS = 1.5, 5.0
 MAX_RATE = 260  # words a minute; faster than this espeak slurs
+
+
+@dataclass(frozen=True)
+class Recording:
+    """How every utterance of a corpus is recorded: the rate, and the shortest it may be
+    (shorter speech gets more silence, i.e. noise, around it)."""
+
+    rate: int = SAMPLE_RATE
+    min_seconds: float = MIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -100,14 +117,20 @@ def speakers_for(split: str, seed: int) -> list[tuple[str, str]]:
     return speakers
 
 
-def draw_texts(counts: dict[str, int], seed: int) -> dict[str, list[str]]:
-    """Sentences per split; no sentence in two splits.
+def draw_texts(counts: dict[str, int], seed: int, target: TargetText | None = None) -> dict[str, list[str]]:
+    """Sentences per split; no sentence of the grammar in two splits.
+
+    A user's text (``target``) is dealt to each split from its own seeded deck: ten digit
+    words cannot be kept apart, and the splits' voices already are.
 
     Held-out splits draw first, so they get the pick of the sentence space.
     Within one split a repeat is allowed only once new sentences run out
     (200 draws in a row already seen), which a corpus of tens of thousands of
     utterances can reach.
     """
+    if target is not None:
+        return {split: [deck.sentence() for _ in range(n)]
+                for split, n in counts.items() for deck in [target.deck(f"{GENERATOR_VERSION}/text/{seed}/{split}")]}
     gen = SentenceGenerator(seed)
     owner: dict[str, str] = {}
     texts: dict[str, list[str]] = {}
@@ -148,10 +171,11 @@ def _voice_and_channel(rng: random.Random, language: str, variant: str) -> tuple
     return voice, channel
 
 
-def plan_corpus(n_train: int, n_dev: int, n_test: int, seed: int = 0) -> list[Utterance]:
-    """Every utterance of the corpus, decided from the seed alone."""
+def plan_corpus(n_train: int, n_dev: int, n_test: int, seed: int = 0,
+                target: TargetText | None = None) -> list[Utterance]:
+    """Every utterance of the corpus, decided from the seed (and the user's text) alone."""
     counts = dict(zip(SPLITS, (n_train, n_dev, n_test)))
-    texts = draw_texts(counts, seed)
+    texts = draw_texts(counts, seed, target)
     plan = []
     for split in SPLITS:
         speakers = speakers_for(split, seed)
@@ -169,56 +193,58 @@ def plan_corpus(n_train: int, n_dev: int, n_test: int, seed: int = 0) -> list[Ut
 # ---------------------------------------------------------------- making
 
 
-def fit_duration(utt: Utterance) -> tuple[np.ndarray, Voice, Channel]:
-    """Clean speech, and the settings that bring it to MIN_SECONDS..MAX_SECONDS.
+def fit_duration(utt: Utterance, recording: Recording = Recording()) -> tuple[np.ndarray, Voice, Channel]:
+    """Clean speech at the recording's rate, and the settings that bring it to
+    recording.min_seconds..MAX_SECONDS.
 
     Too long: say it faster (espeak's duration is close to inversely
     proportional to its rate), then trim the padding. Too short: pad with
     more silence. Both depend only on the plan entry, so stay deterministic.
     """
     voice, channel = utt.voice, utt.channel
-    speech = synthesize(utt.text, voice)
-    seconds = len(speech) / SAMPLE_RATE
+    sample_rate, min_seconds = recording.rate, recording.min_seconds
+    speech = synthesize(utt.text, voice, sample_rate)
+    seconds = len(speech) / sample_rate
     pads = channel.lead_s + channel.trail_s
     if seconds + pads > MAX_SECONDS:
         rate = min(MAX_RATE, math.ceil(1.05 * voice.rate * seconds / (MAX_SECONDS - pads)))
         voice = replace(voice, rate=rate, word_gap=0)
-        speech = synthesize(utt.text, voice)
-        seconds = len(speech) / SAMPLE_RATE
+        speech = synthesize(utt.text, voice, sample_rate)
+        seconds = len(speech) / sample_rate
         if seconds + pads > MAX_SECONDS:
             pad = max(0.02, (MAX_SECONDS - seconds) / 2)
             channel = replace(channel, lead_s=round(min(pad, channel.lead_s), 3),
                               trail_s=round(min(pad, channel.trail_s), 3))
-    elif seconds + pads < MIN_SECONDS:
-        extra = (MIN_SECONDS - seconds - pads) / 2 + 0.001  # + 1 ms: samples are whole
+    elif seconds + pads < min_seconds:
+        extra = (min_seconds - seconds - pads) / 2 + 0.001  # + 1 ms: samples are whole
         channel = replace(channel, lead_s=round(channel.lead_s + extra, 4),
                           trail_s=round(channel.trail_s + extra, 4))
     return speech, voice, channel
 
 
-def make_utterance(utt: Utterance, out: Path, save_wav: bool) -> dict:
+def make_utterance(utt: Utterance, out: Path, save_wav: bool, recording: Recording = Recording()) -> dict:
     """Synthesize, add the channel, write features and transcript; return its record."""
-    speech, voice, channel = fit_duration(utt)
-    wav = apply_channel(speech, channel, np.random.default_rng(utt.noise_seed))
-    feats = fbank(wav, SAMPLE_RATE)  # (80, T)
+    speech, voice, channel = fit_duration(utt, recording)
+    wav = apply_channel(speech, channel, np.random.default_rng(utt.noise_seed), recording.rate)
+    feats = fbank(resample(wav, recording.rate, SAMPLE_RATE), SAMPLE_RATE)  # (80, T)
     split_dir = out / utt.split
     np.save(split_dir / "fbank" / f"{utt.utt_id}.npy", feats)
     np.save(split_dir / "text" / f"{utt.utt_id}.npy", np.array(list(utt.text)))
     if save_wav:
-        sf.write(split_dir / "wav" / f"{utt.utt_id}.wav", wav, SAMPLE_RATE, subtype="PCM_16")
+        sf.write(split_dir / "wav" / f"{utt.utt_id}.wav", wav, recording.rate, subtype="PCM_16")
     return {
         "id": utt.utt_id,
         "split": utt.split,
         "text": utt.text,
         "speaker": voice.speaker,
-        "seconds": round(len(wav) / SAMPLE_RATE, 3),
+        "seconds": round(len(wav) / recording.rate, 3),
         "frames": int(feats.shape[1]),
         "voice": asdict(voice),  # as spoken, after fit_duration
         "channel": asdict(channel),
     }
 
 
-def _make_in_worker(args: tuple[Utterance, Path, bool]) -> dict:
+def _make_in_worker(args: tuple[Utterance, Path, bool, Recording]) -> dict:
     return make_utterance(*args)
 
 
@@ -238,6 +264,8 @@ def build_corpus(
     save_wav: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    text: TargetText | None = None,
+    recording: Recording = Recording(),
 ) -> dict:
     """Generate the corpus into ``out`` and return (and write) its statistics.
 
@@ -257,7 +285,7 @@ def build_corpus(
             raise DataError(
                 f"already holds {split}/; choose an empty directory so that two corpora do not mix", out
             )
-    plan = plan_corpus(n_train, n_dev, n_test, seed)
+    plan = plan_corpus(n_train, n_dev, n_test, seed, text)
     for split in SPLITS:
         for sub in ("fbank", "text") + (("wav",) if save_wav else ()):
             (out / split / sub).mkdir(parents=True, exist_ok=True)
@@ -265,7 +293,7 @@ def build_corpus(
     if workers is None:
         workers = (os.cpu_count() or 1) if len(plan) >= 64 else 1
     started = time.perf_counter()
-    jobs = [(utt, out, save_wav) for utt in plan]
+    jobs = [(utt, out, save_wav, recording) for utt in plan]
     bar = tqdm(total=len(plan), desc="synth corpus", unit="utt", disable=not progress)
     records = []
     if workers <= 1:
@@ -292,11 +320,17 @@ def build_corpus(
     elapsed = time.perf_counter() - started
 
     stats = _statistics(records, seed, elapsed, workers)
+    stats.update(describe_text_and_recording(text, recording))
     for split in SPLITS:
         lines = [json.dumps(r) for r in sorted(records, key=lambda r: r["id"]) if r["split"] == split]
         (out / split / "utterances.jsonl").write_text("".join(line + "\n" for line in lines))
     (out / "corpus.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def describe_text_and_recording(text: TargetText | None, recording: Recording) -> dict:
+    """The corpus.json keys that tell corpora of other text or other recordings apart."""
+    return {"text": text.describe() if text else {"kind": "grammar"}, "recording": asdict(recording)}
 
 
 def _statistics(records: list[dict], seed: int, elapsed: float, workers: int) -> dict:
