@@ -156,6 +156,10 @@ def _native_output_silenced():
 
 
 def _trace(module: torch.nn.Module, args: tuple, path: Path, inputs, outputs, axes) -> None:
+    # torch.onnx.export puts the module back in the mode it found it in, submodules included:
+    # a wrapper built in training mode would leave the model training (batch-norm statistics
+    # from the batch, dropout on) for the parity check that follows
+    module.eval()
     with warnings.catch_warnings(), torch.no_grad(), _native_output_silenced():
         # the TorchScript exporter's deprecation notice, and tracer warnings about Python
         # values taken from shapes: graphs.py takes none that vary (checked by _compare_with_torch)

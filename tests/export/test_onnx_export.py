@@ -97,3 +97,20 @@ def test_export_of_the_last_checkpoint_goes_to_its_own_folder_and_replaces_an_ol
     assert json.loads((folder / bundle.MANIFEST).read_text())["weights"] == "last"
     assert f"bytes in {folder}" in out and "encoder.onnx" in out
     assert not (tiny_run / "onnx-last.partial").exists()
+
+
+def test_a_conformer_run_exports_with_its_batch_norm_in_evaluation_mode(tmp_path):
+    """The Conformer's batch norm makes the mode matter: the parity check at export (which
+    refuses a graph more than 1e-3 from PyTorch) must compare against the model in
+    evaluation mode, which torch.onnx.export would otherwise leave in training mode."""
+    from tests.conftest import HW4P2, write_tiny_recipe
+
+    recipe = write_tiny_recipe(tmp_path / "tiny.toml", HW4P2, max_frames=6000, max_len=10)
+    run_dir = tmp_path / "run"
+    assert main(["--quiet", "run", str(recipe), "--run-dir", str(run_dir), "--set", "trainer.epochs=1",
+                 "--set", "trainer.max_steps=2", "--set", "trainer.trackers=[]",
+                 "--set", "model.encoder.name=conformer", "--set", "model.encoder.kernel_size=5",
+                 "--set", "model.embedding.positions=none"]) == 0
+    assert main(["--quiet", "export", str(run_dir), "--format", "onnx"]) == 0
+    manifest = json.loads((run_dir / "onnx" / "export.json").read_text())
+    assert max(manifest["max_abs_difference_from_torch"].values()) < 1e-3
