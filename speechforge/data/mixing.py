@@ -37,7 +37,7 @@ from speechforge import registry
 from speechforge.data.augment import domain
 from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, Utterance
 from speechforge.data.sources import Augment, Normalization, Workers
-from speechforge.recipe import RecipeError, Spec, Sub, schema_for
+from speechforge.recipe import RecipeError, Spec, Sub, schema_for, validate_component
 
 # What a mix does for all its corpora at once; a corpus that sets one of these would be ignored.
 MIX_LEVEL = ("normalization", "max_frames", "batch_size", "bucketed", "num_workers")
@@ -181,6 +181,9 @@ def _mix_level_problems(spec: Spec) -> list[tuple[str, str]]:
     for key in MIX_LEVEL:
         if key in schema.subs:
             default, value = schema.sub_defaults[key], spec.args.get(key)
+            # both as validated, with their components' own defaults filled in
+            if isinstance(default, dict):
+                default = validate_component(schema.subs[key].kind, default, key).to_dict()
             value = value.to_dict() if isinstance(value, Spec) else value
         elif key in schema.model.model_fields:
             default, value = schema.model.model_fields[key].default, spec.args.get(key)

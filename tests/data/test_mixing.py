@@ -139,3 +139,10 @@ def test_set_reaches_into_an_array_of_tables_by_index(mix_recipe):
     assert mix_recipe["data"]["corpora"][1]["root"] == "elsewhere"
     with pytest.raises(RecipeError, match=r"a list of 2: expected an index 0-1, got \"5\""):
         recipe_mod.apply_overrides(mix_recipe, ['data.corpora.5.root="x"'])
+
+
+def test_a_mix_takes_normalization_options_its_corpora_leave_at_their_defaults(mix_recipe, tmp_path):
+    mix_recipe["data"]["normalization"] = {"name": "global_mvn", "cepstral_order": 20}
+    # the corpora's own default normalization, filled in by validation, does not count as set
+    exp = experiment.build(recipe_mod.validate(mix_recipe), tmp_path / "run", log=lambda m: None)
+    assert exp.normalizer.state()["cepstral_order"] == 20

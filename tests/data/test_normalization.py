@@ -1,0 +1,65 @@
+"""Normalizers, and the spectral-envelope smoothing (cepstral_order) each can do first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from speechforge import recipe as recipe_mod
+from speechforge.data.normalization import envelope_projection, from_state, global_mvn, none, utterance_mvn
+from speechforge.recipe import RecipeError
+
+BINS = 80
+
+
+def _frames(rng: np.random.Generator, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel frames: a slowly varying envelope (formants) plus a ripple of period 4 bins
+    (resolved pitch harmonics). Returns (frames, envelope), both (n, BINS)."""
+    bins = np.arange(BINS)
+    envelope = (np.cos(2 * np.pi * bins / BINS * rng.uniform(0.5, 2.5, (n, 1))) * rng.uniform(1, 3, (n, 1))
+                + rng.normal(0, 1, (n, 1)))
+    ripple = 2.0 * np.cos(2 * np.pi * bins / 4.0 + rng.uniform(0, 2 * np.pi, (n, 1)))
+    return (envelope + ripple).astype(np.float32), envelope.astype(np.float32)
+
+
+def test_cepstral_order_keeps_the_envelope_and_drops_the_pitch_ripple():
+    frames, envelope = _frames(np.random.default_rng(0))
+    smoothed = none(cepstral_order=20)(frames)
+    assert np.abs(frames - envelope).mean() > 1.0  # the ripple is there before
+    assert np.abs(smoothed - envelope).mean() < 0.1  # and gone after, the envelope intact
+
+
+def test_the_projection_keeps_what_it_keeps_and_all_of_it_at_full_order():
+    p = envelope_projection(BINS, 20)
+    np.testing.assert_allclose(p @ p, p, atol=1e-5)  # a projection: smoothing twice changes nothing
+    assert np.trace(p) == pytest.approx(20.0, abs=1e-4)
+    np.testing.assert_allclose(envelope_projection(BINS, BINS), np.eye(BINS), atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: global_mvn(cepstral_order=16), lambda: utterance_mvn(cepstral_order=16)])
+def test_a_smoothing_normalizer_normalizes_alike_after_its_saved_state_is_loaded(make):
+    frames, _ = _frames(np.random.default_rng(1))
+    normalizer = make()
+    normalizer.update(frames)
+    out = normalizer(frames)
+    assert np.abs(out.mean(0)).max() < 1e-4  # mean over the frames it saw: zero, smoothed or not
+    reloaded = from_state(normalizer.state())
+    assert reloaded.cepstral_order == 16
+    np.testing.assert_allclose(reloaded(frames), out, atol=1e-5)
+
+
+def test_cepstral_order_zero_leaves_frames_as_they_are():
+    frames, _ = _frames(np.random.default_rng(2))
+    np.testing.assert_array_equal(none()(frames), frames)
+
+
+def test_cepstral_order_as_large_as_the_bins_is_refused_saying_why():
+    frames, _ = _frames(np.random.default_rng(3))
+    with pytest.raises(ValueError, match="cepstral_order 80 keeps every one of the 80 mel bins"):
+        none(cepstral_order=80)(frames)
+
+
+def test_a_negative_cepstral_order_is_refused_by_its_recipe_key():
+    with pytest.raises(RecipeError) as err:
+        recipe_mod.validate_component("normalizers", {"name": "global_mvn", "cepstral_order": -1}, "data.normalization")
+    assert err.value.problems[0][0] == "data.normalization.cepstral_order"
