@@ -113,7 +113,7 @@ def measure(path: Path, args, device: torch.device) -> dict:
     tokens = args.tokens or round(frames / 100 * TOKENS_PER_SECOND)
     torch.manual_seed(0)
     model, loss_fn, optimizer = build(raw, device)
-    mixed = precision.resolve(trainer.get("mixed_precision", "auto"), device)[0]
+    mixed = precision.resolve(args.precision or trainer.get("mixed_precision", "auto"), device)[0]
     batch = make_batch(utterances, frames, tokens, device)
     flops = count_flops(model, loss_fn, batch, mixed, device) * accum
     result = {"recipe": str(path.relative_to(ROOT)), "device": device_name(device), "precision": precision.name(mixed),
@@ -139,6 +139,8 @@ def measure(path: Path, args, device: torch.device) -> dict:
         sync(device)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    if args.profile:
+        print_profile(update, device)
     frames_per_s = accum * utterances * frames / step_s
     factors = next((a.get("factors", [0.9, 1.0, 1.1]) for a in data.get("augment", []) if a["name"] == "speed_perturb"),
                    [1.0])
@@ -149,6 +151,18 @@ def measure(path: Path, args, device: torch.device) -> dict:
     if device.type == "cuda":
         result["peak_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
     return result
+
+
+def print_profile(update, device: torch.device, rows: int = 15) -> None:
+    """Where one update's time goes: the operators that take most of it, to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        update()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows), file=sys.stderr)
 
 
 def device_name(device: torch.device) -> str:
@@ -163,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=1500, help="frames per utterance (default 15 s)")
     parser.add_argument("--tokens", type=int, default=None, help="tokens per utterance (default 3.45 per second)")
     parser.add_argument("--utterances", type=int, default=None, help="per micro-batch (default: fill data.max_frames)")
+    parser.add_argument("--precision", choices=["auto", "no", "bf16"], help="instead of the recipe's trainer.mixed_precision")
+    parser.add_argument("--profile", action="store_true", help="also print the operators one update spends most time in")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--timed", type=int, default=3)
     args = parser.parse_args(argv)
