@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch, here, the wheels that benchmarks/gpu_check.sh needs on a lent GPU machine, which has
 # torch, accelerate, numpy and sentencepiece but reaches no package registry: speechforge's
-# other import-time dependencies, for its Python 3.12 on x86-64, into .whl/ (git-ignored).
+# other import-time dependencies, for its Python 3.12 on x86-64, into .whl/ (git-ignored); the audio
+# ones (soundfile, kaldi-native-fbank, espeak-ng) let benchmarks on the shared recordings run there too.
 # Then carry .whl with the device call: bash benchmarks/gpu_check.sh installs them first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +13,6 @@ for n in 2_28 2_27 2_17 2014 1; do
 done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
   -d .whl pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.7.0 typing-inspection==0.4.2 \
-  catalogue==2.0.10 jiwer==4.0.0 rapidfuzz==3.14.6
+  catalogue==2.0.10 jiwer==4.0.0 rapidfuzz==3.14.6 \
+  soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 kaldi-native-fbank==1.23.0 espeakng-loader==0.2.4 tqdm==4.70.1
 ls .whl
