@@ -111,11 +111,17 @@ def warp_time(feats: torch.Tensor, lengths: torch.Tensor, max_warp: int,
     src = torch.where(pos <= moved, pos * c / moved, c + (pos - moved) * (last - c) / (last - moved).clamp(min=1))
     active = (room > 0).to(device)[:, None] & (pos <= last)
     src = torch.where(active, src, pos)  # (B, T) where each output frame reads from
-    lo = src.floor().long().clamp(0, t - 1)
-    hi = (lo + 1).clamp(max=t - 1)
-    frac = (src - lo.float())[..., None].to(feats.dtype)
-    pick = lambda index: feats.gather(1, index[..., None].expand(-1, -1, feats.shape[2]))  # noqa: E731
-    return pick(lo) * (1 - frac) + pick(hi) * frac
+    return read_between(feats, src[:, :, None].expand(-1, -1, feats.shape[2]), axis=1)
+
+
+def read_between(feats: torch.Tensor, src: torch.Tensor, axis: int) -> torch.Tensor:
+    """``feats`` read at fractional positions ``src`` (feats' shape) along ``axis``, each
+    value interpolated linearly between its two neighbours."""
+    size = feats.shape[axis]
+    lo = src.floor().long().clamp(0, size - 1)
+    hi = (lo + 1).clamp(max=size - 1)
+    frac = (src - lo.to(src.dtype)).to(feats.dtype)
+    return feats.gather(axis, lo) * (1 - frac) + feats.gather(axis, hi) * frac
 
 
 class TimeWarp:
@@ -132,6 +138,38 @@ class TimeWarp:
 def time_warp(max_warp: Count = 5) -> TimeWarp:
     """SpecAugment time warping: move one frame of each utterance by up to max_warp frames."""
     return TimeWarp(max_warp)
+
+
+# --- vocal tract length, on stored features ---------------------------------------------
+
+
+def warp_mel_bins(feats: torch.Tensor, factors: torch.Tensor, sample_rate: int = 16000,
+                  low_freq: float = 20.0) -> torch.Tensor:
+    """(B, T, F) log-mel features, each utterance's frequency axis warped by its factor as
+    VTLP warps the mel filters (Kaldi's VTLN warp, ``features.vtln_warp_freq``): bin i takes
+    the spectrum at the frequency its filter would have moved to, read between the two
+    nearest bins. The features are taken to be Kaldi's band, low_freq to Nyquist."""
+    from speechforge.data.features import hz, mel, mel_points, vtln_warp_freq
+
+    b, t, f = feats.shape
+    nyquist = sample_rate / 2
+    points = mel_points(f, low_freq, nyquist)
+    centres = hz(points[1:-1])  # (F,) Hz
+    moved = torch.stack([vtln_warp_freq(centres, float(a), low_freq, nyquist, nyquist=nyquist) for a in factors])
+    src = ((mel(moved) - points[0]) / (points[1] - points[0]) - 1).clamp(0, f - 1)  # (B, F) in bins
+    return read_between(feats, src.to(feats.device, torch.float32)[:, None, :].expand(b, t, f), axis=2)
+
+
+class MelWarp:
+    domain: Domain = "features"
+
+    def __init__(self, warp: tuple[float, float], sample_rate: int):
+        self.warp, self.sample_rate = warp, sample_rate
+
+    def __call__(self, feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        low, high = self.warp
+        factors = low + (high - low) * torch.rand(feats.shape[0], generator=generator, dtype=torch.float64)
+        return warp_mel_bins(feats, factors, self.sample_rate)
 
 
 # --- waveform augmentations --------------------------------------------------------------
@@ -256,6 +294,14 @@ def _warp_range(value: tuple[float, float]) -> tuple[float, float]:
 def vtlp(warp: Annotated[tuple[float, float], AfterValidator(_warp_range)] = (0.9, 1.1)) -> VTLP:
     """Vocal tract length perturbation: mel filters warped per utterance by a factor drawn from warp; audio sources only."""
     return VTLP(tuple(warp))
+
+
+@registry.augmentations.register("mel_warp")
+def mel_warp(warp: Annotated[tuple[float, float], AfterValidator(_warp_range)] = (0.9, 1.1),
+             sample_rate: Annotated[int, Field(gt=0)] = 16000) -> MelWarp:
+    """VTLP on stored features: each utterance's mel axis warped by a factor drawn from warp,
+    for any corpus (features or audio, a mix's too); sample_rate is the features' own."""
+    return MelWarp(tuple(warp), sample_rate)
 
 
 # --- features of augmented waveforms ---------------------------------------------------

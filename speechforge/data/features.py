@@ -82,6 +82,24 @@ def vtln_warp_freq(freq: torch.Tensor, warp: float, low_freq: float, high_freq: 
     return torch.where((freq < low_freq) | (freq > high_freq), freq, warped)
 
 
+def mel(f: torch.Tensor) -> torch.Tensor:
+    """Hz -> Kaldi's mel scale, 1127 ln(1 + f / 700)."""
+    return 1127.0 * torch.log1p(f / 700.0)
+
+
+def hz(m: torch.Tensor) -> torch.Tensor:
+    """Kaldi's mel scale -> Hz."""
+    return 700.0 * torch.expm1(m / 1127.0)
+
+
+def mel_points(num_mel_bins: int, low_freq: float, high_freq: float) -> torch.Tensor:
+    """(num_mel_bins + 2,) float64 mel values equally spaced from low_freq to high_freq:
+    filter i rises from point i, peaks at i + 1 and falls to i + 2, as Kaldi's do."""
+    mel_low = mel(torch.tensor(low_freq, dtype=torch.float64))
+    mel_high = mel(torch.tensor(high_freq, dtype=torch.float64))
+    return mel_low + torch.arange(num_mel_bins + 2, dtype=torch.float64) * (mel_high - mel_low) / (num_mel_bins + 1)
+
+
 def kaldi_mel_banks(
     num_mel_bins: int,
     padded_window: int,
@@ -103,18 +121,8 @@ def kaldi_mel_banks(
     if high_freq <= 0.0:
         high_freq += nyquist  # Kaldi: non-positive means offset from Nyquist
     num_fft_bins = padded_window // 2
-
-    def mel(f):
-        return 1127.0 * torch.log1p(f / 700.0)
-
-    def hz(m):
-        return 700.0 * torch.expm1(m / 1127.0)
-
-    mel_low = mel(torch.tensor(low_freq, dtype=torch.float64))
-    mel_high = mel(torch.tensor(high_freq, dtype=torch.float64))
-    delta = (mel_high - mel_low) / (num_mel_bins + 1)
-    b = torch.arange(num_mel_bins, dtype=torch.float64)[:, None]
-    left, center, right = mel_low + b * delta, mel_low + (b + 1) * delta, mel_low + (b + 2) * delta
+    points = mel_points(num_mel_bins, low_freq, high_freq)[:, None]
+    left, center, right = points[:-2], points[1:-1], points[2:]
     if vtln_warp != 1.0:
         left, center, right = (mel(vtln_warp_freq(hz(m), vtln_warp, low_freq, high_freq, nyquist=nyquist))
                                for m in (left, center, right))

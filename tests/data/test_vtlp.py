@@ -9,7 +9,7 @@ import pytest
 import torch
 from audio_layouts import build, recordings, write_layout
 
-from speechforge.data.augment import VTLP
+from speechforge.data.augment import VTLP, MelWarp, domain, warp_mel_bins
 from speechforge.data.batching import UtteranceDataset
 from speechforge.data.features import fbank_torch, kaldi_mel_banks
 from speechforge.data.normalization import Normalizer
@@ -66,3 +66,45 @@ def test_vtlp_needs_recordings_and_a_sane_range(tmp_path):
         spec.build()
     with pytest.raises(RecipeError, match=r"data.augment\[0\].warp: .*0.5 <= low <= high <= 2.0"):
         validate_component("augmentations", {"name": "vtlp", "warp": [1.2, 0.8]}, "data.augment[0]")
+
+
+# --- mel_warp: the same warp on stored features ----------------------------------------
+
+
+def _vowel(sr: int = 16000) -> torch.Tensor:
+    """One second of a vowel: harmonics of 120 Hz shaped by formants at 0.7, 1.2 and 2.5 kHz."""
+    t = torch.arange(sr, dtype=torch.float64) / sr
+    wav = torch.zeros(sr, dtype=torch.float64)
+    for k in range(1, 60):
+        f = 120.0 * k
+        gain = sum(a * np.exp(-(((f - c) / w) ** 2)) for a, c, w in ((1.0, 700, 150), (0.5, 1200, 200), (0.3, 2500, 300)))
+        wav += (gain + 0.01) * torch.sin(2 * np.pi * f * t)
+    return (wav + 1e-3 * torch.randn(sr, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).float()
+
+
+@pytest.mark.parametrize("warp", [0.85, 1.15])
+def test_mel_warp_of_stored_features_comes_close_to_vtlp_of_the_recording(warp):
+    wav = _vowel()[None]
+    plain = fbank_torch(wav, sample_rate=16000)[0][0].T  # (T, F)
+    vtlp = fbank_torch(wav, sample_rate=16000, vtln_warp=warp)[0][0].T
+    warped = warp_mel_bins(plain[None], torch.tensor([warp], dtype=torch.float64))[0]
+    before, after = (plain - vtlp).abs().mean(), (warped - vtlp).abs().mean()
+    assert after < 0.2 * before, (float(before), float(after))  # measured: 0.13x (0.85) and 0.12x (1.15)
+
+
+def test_mel_warp_draws_a_factor_per_utterance_and_a_factor_of_one_changes_nothing():
+    feats = torch.randn(3, 20, 80, generator=torch.Generator().manual_seed(0))
+    lengths = torch.full((3,), 20)
+    np.testing.assert_allclose(MelWarp((1.0, 1.0), 16000)(feats, lengths).numpy(), feats.numpy(), atol=1e-5)
+    out = MelWarp((0.8, 1.2), 16000)(feats, lengths, torch.Generator().manual_seed(1))
+    factors = 0.8 + 0.4 * torch.rand(3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    np.testing.assert_allclose(out[2].numpy(), warp_mel_bins(feats[2:], factors[2:])[0].numpy(), atol=1e-6)
+    assert not torch.allclose(out[0], feats[0])
+
+
+def test_mel_warp_acts_on_batches_so_a_mix_can_name_it_for_every_corpus():
+    spec = validate_component("augmentations", {"name": "mel_warp", "warp": [0.8, 1.2]}, "data.augment[0]")
+    assert domain(spec.build()) == "features"
+    with pytest.raises(RecipeError) as err:
+        validate_component("augmentations", {"name": "mel_warp", "warp": [1.2, 0.8]}, "data.augment[0]")
+    assert err.value.problems[0][0] == "data.augment[0].warp"
