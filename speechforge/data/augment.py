@@ -172,6 +172,36 @@ class MelWarp:
         return warp_mel_bins(feats, factors, self.sample_rate)
 
 
+# --- recording level and channel colouring --------------------------------------------
+
+
+class LevelTilt:
+    """Each utterance's features shifted by a random level and a random spectral tilt (a
+    straight line across the bins): what another microphone's gain and frequency response
+    add to log-mel features. Real frames only; the padding stays as it was."""
+
+    domain: Domain = "features"
+
+    def __init__(self, level: float, tilt: float):
+        self.level, self.tilt = level, tilt
+
+    def __call__(self, feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        b, t, f = feats.shape
+        level = (2 * torch.rand(b, generator=generator) - 1) * self.level
+        tilt = (2 * torch.rand(b, generator=generator) - 1) * self.tilt
+        offset = level[:, None] + tilt[:, None] * torch.linspace(-1.0, 1.0, f)[None]  # (B, F)
+        real = torch.arange(t)[None] < lengths.cpu()[:, None]  # (B, T)
+        return feats + (offset[:, None, :] * real[:, :, None]).to(feats.device, feats.dtype)
+
+
+@registry.augmentations.register("level_tilt")
+def level_tilt(level: Annotated[float, Field(ge=0.0)] = 1.0, tilt: Annotated[float, Field(ge=0.0)] = 0.5) -> LevelTilt:
+    """A random level in [-level, level] and tilt (the offset from the middle bin to either
+    end, in [-tilt, tilt]) added to each utterance, in the units of the batch: standard
+    deviations per bin after global_mvn. Recording gain and microphone colouring."""
+    return LevelTilt(level, tilt)
+
+
 # --- waveform augmentations --------------------------------------------------------------
 
 

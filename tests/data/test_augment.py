@@ -20,7 +20,7 @@ from speechforge.recipe import RecipeError, validate_component
 def test_every_augmentation_is_registered_with_its_level():
     levels = {name: domain(registry.resolve("augmentations", name)()) for name in registry.names("augmentations")}
     assert levels == {"specaugment": "features", "time_warp": "features", "speed_perturb": "waveform",
-                      "noise": "waveform", "vtlp": "filterbank", "mel_warp": "features"}
+                      "noise": "waveform", "vtlp": "filterbank", "mel_warp": "features", "level_tilt": "features"}
 
 
 # --- time warping ----------------------------------------------------------------------
@@ -191,3 +191,22 @@ def test_time_mask_ratio_bounds_each_mask_by_its_own_utterance_length():
 def test_time_mask_ratio_is_checked_with_its_path():
     with pytest.raises(RecipeError, match=r"augment\[0\]\.time_width_ratio"):
         validate_component("augmentations", {"name": "specaugment", "time_width_ratio": 1.5}, "augment[0]")
+
+
+# --- level and tilt ------------------------------------------------------------------------
+
+
+def test_level_tilt_adds_one_straight_line_per_utterance_to_real_frames_only():
+    feats = torch.randn(4, 30, 80, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([30, 25, 10, 1])
+    aug = registry.resolve("augmentations", "level_tilt")(level=1.0, tilt=0.5)
+    out = aug(feats, lengths, torch.Generator().manual_seed(1))
+    for i, n in enumerate(lengths.tolist()):
+        added = out[i, :n] - feats[i, :n]  # (n, F): the same line in every real frame
+        assert torch.allclose(added, added[:1].expand_as(added), atol=1e-6)
+        line = added[0]
+        steps = line[1:] - line[:-1]
+        assert torch.allclose(steps, steps[:1].expand_as(steps), atol=1e-5)  # straight
+        assert abs(float(line.mean())) <= 1.0 + 1e-5 and abs(float(line[-1] - line.mean())) <= 0.5 + 1e-5
+        assert torch.equal(out[i, n:], feats[i, n:])  # the padding untouched
+    assert not torch.allclose(out[0] - feats[0], out[1] - feats[1])  # each utterance its own
