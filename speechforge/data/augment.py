@@ -256,6 +256,26 @@ class AdditiveNoise:
         return (wav + scale * noise).astype(np.float32)
 
 
+class PadSilence:
+    """Quiet noise before and after the recording, each side up to ``max_seconds``: corpora
+    trimmed to the word (most of FSDD) next to recordings that keep their pauses (one of its
+    speakers has 0.1 s before and 0.4 s after each word). The noise sits ``level_db`` (drawn
+    per utterance) below the recording's own RMS level."""
+
+    domain: Domain = "waveform"
+
+    def __init__(self, max_seconds: float, level_db: tuple[float, float], prob: float):
+        self.max_seconds, self.level_db, self.prob = max_seconds, level_db, prob
+
+    def __call__(self, wav: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        if rng.random() >= self.prob:
+            return wav
+        lead, trail = (int(s * sample_rate) for s in rng.uniform(0.0, self.max_seconds, 2))
+        rms = float(np.sqrt(np.mean(wav.astype(np.float64) ** 2)))
+        scale = rms * 10 ** (rng.uniform(*self.level_db) / 20)
+        return np.concatenate([scale * rng.standard_normal(lead), wav, scale * rng.standard_normal(trail)]).astype(np.float32)
+
+
 def _factors(value: list[float]) -> list[float]:
     if not value or any(f <= 0 for f in value):
         raise ValueError(f"expected a non-empty list of positive factors, got {value}")
@@ -291,6 +311,16 @@ def noise(
     """Additive noise at an SNR drawn from snr_db (white, or from noise_dir); audio sources only."""
     files = sorted(p for p in Path(noise_dir).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES) if noise_dir else []
     return AdditiveNoise(tuple(snr_db), prob, files)
+
+
+@registry.augmentations.register("pad_silence")
+def pad_silence(
+    max_seconds: Annotated[float, Field(gt=0.0)] = 0.5,
+    level_db: Annotated[tuple[float, float], AfterValidator(_snr_range)] = (-60.0, -30.0),
+    prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5,
+) -> PadSilence:
+    """Up to max_seconds of quiet noise (level_db below the recording's RMS) before and after; audio sources only."""
+    return PadSilence(max_seconds, tuple(level_db), prob)
 
 
 class VTLP:

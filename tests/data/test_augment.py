@@ -20,7 +20,8 @@ from speechforge.recipe import RecipeError, validate_component
 def test_every_augmentation_is_registered_with_its_level():
     levels = {name: domain(registry.resolve("augmentations", name)()) for name in registry.names("augmentations")}
     assert levels == {"specaugment": "features", "time_warp": "features", "speed_perturb": "waveform",
-                      "noise": "waveform", "vtlp": "filterbank", "mel_warp": "features", "level_tilt": "features"}
+                      "noise": "waveform", "vtlp": "filterbank", "mel_warp": "features", "level_tilt": "features",
+                      "pad_silence": "waveform"}
 
 
 # --- time warping ----------------------------------------------------------------------
@@ -210,3 +211,21 @@ def test_level_tilt_adds_one_straight_line_per_utterance_to_real_frames_only():
         assert abs(float(line.mean())) <= 1.0 + 1e-5 and abs(float(line[-1] - line.mean())) <= 0.5 + 1e-5
         assert torch.equal(out[i, n:], feats[i, n:])  # the padding untouched
     assert not torch.allclose(out[0] - feats[0], out[1] - feats[1])  # each utterance its own
+
+
+# --- silence padding -------------------------------------------------------------------------
+
+
+def test_pad_silence_keeps_the_recording_and_surrounds_it_with_quiet_noise():
+    wav = (0.3 * np.sin(np.arange(8000) / 5.0)).astype(np.float32)
+    aug = registry.resolve("augmentations", "pad_silence")(max_seconds=0.5, level_db=(-40.0, -40.0), prob=1.0)
+    rng = np.random.default_rng(0)
+    out = aug(wav, 16000, rng)
+    lead, trail = (int(s * 16000) for s in np.random.default_rng(0).uniform(0.0, 0.5, 3)[1:])
+    assert out.dtype == np.float32 and len(out) == len(wav) + lead + trail
+    np.testing.assert_array_equal(out[lead : lead + len(wav)], wav)
+    pad = np.concatenate([out[:lead], out[lead + len(wav):]])
+    level_db = 10 * np.log10(np.mean(pad.astype(np.float64) ** 2) / np.mean(wav.astype(np.float64) ** 2))
+    assert abs(level_db - -40.0) < 1.0
+    never = registry.resolve("augmentations", "pad_silence")(prob=0.0)
+    assert never(wav, 16000, np.random.default_rng(0)) is wav
