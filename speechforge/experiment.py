@@ -135,6 +135,11 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
             train_split = None
         else:
             raise
+    if normalizer.per_speaker and not reuse and train_split is not None:
+        # before anything reads them: a split is read once, and its speakers' means come from it
+        for role in corpus.eval_roles:
+            if corpus.has(role):
+                corpus.split(role, visit=normalizer.observe)
     if train_split is not None:
         line = train_split.skip_line("train", None if dry else run_dir / SKIPPED_FILE)
         if line:

@@ -37,7 +37,7 @@ class UtteranceDataset(Dataset):
             feats = utt.front_end(utt.audio)  # (T, F)
         else:
             feats = load_features(utt.feats, self.num_mel_bins)
-        feats = self.normalizer(feats)
+        feats = self.normalizer(feats, utt.speaker)
         item = {"id": utt.id, "feats": torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32)), "text": utt.text}
         if utt.text is not None and self.tokenizer is not None:
             item["tokens"] = self.tokenizer.encode(utt.text)

@@ -31,6 +31,12 @@ class Utterance:
     # read, after waveform augmentation (see speechforge.data.augment.OnTheFlyFeatures).
     front_end: Callable[[Path], np.ndarray] | None = None
     corpus: str | None = None  # in a mix of corpora (speechforge.data.mixing), which one it came from
+    speaker: str | None = None  # who speaks, where the source says (speaker_mvn normalizes by it)
+
+
+# Sees each good feature matrix (T, F) as a split is read, with its speaker (None when the
+# source does not say): how normalization statistics come without a second pass.
+Visit = Callable[[np.ndarray, "str | None"], None]
 
 
 @dataclass
@@ -43,6 +49,7 @@ class Entry:
     audio: Path | None = None
     duration: float | None = None  # seconds, as the source states it (checked against the audio)
     origin: str | None = None  # where the source lists it ("wav.scp:12"), for messages
+    speaker: str | None = None
 
 
 @dataclass
@@ -155,8 +162,9 @@ def scan_feature_split(
     num_mel_bins: int,
     on_bad_file: OnBadFile,
     require_text: bool,
-    visit: Callable[[np.ndarray], None] | None = None,
+    visit: Visit | None = None,
     limit: int | None = None,
+    speakers: dict[str, str] | None = None,
 ) -> Split:
     """Read the HW4P2 layout of one split: fbank/<utt>.npy (+ text/<utt>.npy).
 
@@ -180,7 +188,8 @@ def scan_feature_split(
     ids = sorted(set(feat_ids) & set(text_ids)) if text_ids else sorted(feat_ids)
     if limit is not None:
         ids = ids[:limit]
-    entries = [Entry(utt, feat_ids[utt], text_ids.get(utt)) for utt in ids]
+    speakers = speakers or {}
+    entries = [Entry(utt, feat_ids[utt], text_ids.get(utt), speaker=speakers.get(utt)) for utt in ids]
     return read_split(split_dir.name, entries, problems, num_mel_bins, on_bad_file, visit, where=split_dir)
 
 
@@ -190,7 +199,7 @@ def read_split(
     problems: list[str],
     num_mel_bins: int,
     on_bad_file: OnBadFile,
-    visit: Callable[[np.ndarray], None] | None = None,
+    visit: Visit | None = None,
     where: Path | None = None,
 ) -> Split:
     """Read every listed feature file (and transcript file) once, whatever the source.
@@ -209,8 +218,8 @@ def read_split(
             problems.append(str(err))
             continue
         if visit is not None:
-            visit(feats)
-        utterances.append(Utterance(entry.id, entry.feats, text, feats.shape[0], audio=entry.audio))
+            visit(feats, entry.speaker)
+        utterances.append(Utterance(entry.id, entry.feats, text, feats.shape[0], audio=entry.audio, speaker=entry.speaker))
     stop_if_bad(problems, on_bad_file)
     if not utterances:
         raise DataError("no usable utterances", where)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from speechforge.data.augment import OnTheFlyFeatures, one_thread
-from speechforge.data.corpus import Entry, Split, read_split, stop_if_bad
+from speechforge.data.corpus import Entry, Split, Visit, read_split, stop_if_bad
 from speechforge.data.errors import DataError
 from speechforge.data.hw4p2 import FeatureCorpus
 from speechforge.recipe import RecipeError
@@ -117,7 +117,7 @@ class AudioCorpus(FeatureCorpus):
             if self.has(role):
                 self._prepare(role, log)
 
-    def split(self, role: str, visit: Callable[[np.ndarray], None] | None = None) -> Split:
+    def split(self, role: str, visit: Visit | None = None) -> Split:
         if role not in self._cache:
             if self.splits.get(role) is None:
                 raise KeyError(f"data.{role}: no split configured")

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, Field
 
 from speechforge import registry
 from speechforge.data.augment import domain
-from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, TestSplits, scan_feature_split, split_roles
+from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, TestSplits, Visit, scan_feature_split, split_roles
 from speechforge.recipe import RecipeError, Spec, Sub
 
 
@@ -81,7 +81,7 @@ class FeatureCorpus:
         folder = self.splits.get(role)
         return folder is not None and (self.root / folder / "fbank").is_dir()
 
-    def split(self, role: str, visit: Callable[[np.ndarray], None] | None = None) -> Split:
+    def split(self, role: str, visit: Visit | None = None) -> Split:
         if role not in self._cache:
             folder = self.splits.get(role)
             if folder is None:
@@ -93,8 +93,13 @@ class FeatureCorpus:
                 require_text=(role == "train"),
                 visit=visit,
                 limit=self.max_utterances,
+                speakers=self.speakers(self.root / folder),
             )
         return self._cache[role]
+
+    def speakers(self, split_dir: Path) -> dict[str, str]:
+        """Utterance id -> speaker, where the layout says (the HW4P2 layout does not)."""
+        return {}
 
 
 def _existing_dir(value: str) -> str:
@@ -153,6 +158,15 @@ class SynthCorpus(FeatureCorpus):
             f"({self.sizes['train']}/{self.sizes['dev']}/{self.sizes['test']} utterances, seed {self.seed}{what}) ...")
         build_corpus(self.root, n_train=self.sizes["train"], n_dev=self.sizes["dev"], n_test=self.sizes["test"],
                      seed=self.seed, progress=sys.stderr.isatty(), text=self.text, recording=self.recording)
+
+    def speakers(self, split_dir: Path) -> dict[str, str]:
+        """Each utterance's voice, from the utterances.jsonl the generator writes beside fbank/."""
+        import json
+
+        listing = split_dir / "utterances.jsonl"
+        if not listing.is_file():
+            return {}
+        return {item["id"]: item["speaker"] for item in map(json.loads, listing.read_text().splitlines()) if item.get("speaker")}
 
     def _check_matches(self, made: Path) -> None:
         """A corpus generated earlier with other sizes or another seed is not this recipe's:

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from speechforge import registry
 from speechforge.data.augment import domain
-from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, Utterance
+from speechforge.data.corpus import OnBadFile, PositiveOrNone, Split, Utterance, Visit
 from speechforge.data.sources import Augment, Normalization, Workers
 from speechforge.recipe import RecipeError, Spec, Sub, schema_for, validate_component
 
@@ -118,7 +118,7 @@ class MixedCorpus:
         corpus = self._eval_corpus(role)
         return corpus is not None and corpus.has(role)
 
-    def split(self, role: str, visit: Callable[[np.ndarray], None] | None = None) -> Split:
+    def split(self, role: str, visit: Visit | None = None) -> Split:
         if role != "train":
             corpus = self._eval_corpus(role)
             if corpus is None:

@@ -37,6 +37,7 @@ def envelope_projection(num_bins: int, order: int) -> np.ndarray:
 class Normalizer:
     name = "none"
     needs_stats = False
+    per_speaker = False  # wants every split's frames (observe), not only the training ones
 
     def __init__(self, cepstral_order: int = 0):
         self.cepstral_order = cepstral_order
@@ -50,10 +51,10 @@ class Normalizer:
                              "mel bins: it must be smaller (or 0 to leave frames as they are)")
         return feats @ envelope_projection(feats.shape[1], self.cepstral_order)
 
-    def update(self, feats: np.ndarray) -> None:  # (T, F)
+    def update(self, feats: np.ndarray, speaker: str | None = None) -> None:  # (T, F), training frames
         pass
 
-    def __call__(self, feats: np.ndarray) -> np.ndarray:
+    def __call__(self, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
         return self.smooth(feats)
 
     def state(self) -> dict:
@@ -82,7 +83,7 @@ class GlobalMVN(Normalizer):
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
 
-    def update(self, feats: np.ndarray) -> None:
+    def update(self, feats: np.ndarray, speaker: str | None = None) -> None:
         # float64 sums: float32 loses the variance over millions of frames
         x = self.smooth(feats).astype(np.float64)
         if self.total is None:
@@ -100,7 +101,7 @@ class GlobalMVN(Normalizer):
         self.mean = mean.astype(np.float32)
         self.std = np.sqrt(var + self.eps).astype(np.float32)
 
-    def __call__(self, feats: np.ndarray) -> np.ndarray:
+    def __call__(self, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
         if self.mean is None:
             self._finalize()
         return (self.smooth(feats) - self.mean) / self.std
@@ -125,7 +126,7 @@ class UtteranceMVN(Normalizer):
         self.variance = variance
         self.eps = eps
 
-    def __call__(self, feats: np.ndarray) -> np.ndarray:
+    def __call__(self, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
         feats = self.smooth(feats)
         out = feats - feats.mean(0, keepdims=True)
         if self.variance:
@@ -138,6 +139,80 @@ class UtteranceMVN(Normalizer):
     def load_state(self, state: dict) -> None:
         super().load_state(state)
         self.variance = state.get("variance", True)
+
+
+class SpeakerMVN(Normalizer):
+    """Each speaker's own mean removed (Kaldi's per-speaker CMN), then one standard deviation
+    per bin for all: a speaker's microphone, gain and room, constant over their recordings,
+    vanish, while a single word's own spectrum (which per-utterance normalization removes)
+    stays. Means come from every split's frames, transcripts unused, so a test speaker is
+    normalized by the statistics of their own test recordings; utterances whose source names
+    no speaker, and recordings transcribed later, take the training mean."""
+
+    name = "speaker_mvn"
+    needs_stats = True
+    per_speaker = True
+
+    def __init__(self, eps: float = 1e-5, cepstral_order: int = 0):
+        super().__init__(cepstral_order)
+        self.eps = eps
+        self.sums: dict[str | None, np.ndarray] = {}  # every split's frames, per speaker
+        self.counts: dict[str | None, int] = {}
+        self.train: dict[str | None, list] = {}  # training frames: [sum, sum of squares, count]
+        self.means: dict[str, np.ndarray] | None = None
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+
+    def observe(self, feats: np.ndarray, speaker: str | None = None) -> None:
+        """Frames of any split: they count towards their speaker's mean only."""
+        x = self.smooth(feats).astype(np.float64)
+        self.sums[speaker] = self.sums.get(speaker, 0.0) + x.sum(0)
+        self.counts[speaker] = self.counts.get(speaker, 0) + x.shape[0]
+        self.means = None
+
+    def update(self, feats: np.ndarray, speaker: str | None = None) -> None:
+        self.observe(feats, speaker)
+        x = self.smooth(feats).astype(np.float64)
+        acc = self.train.setdefault(speaker, [0.0, 0.0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + x.sum(0), acc[1] + (x * x).sum(0), acc[2] + x.shape[0]
+
+    def _finalize(self) -> None:
+        frames = sum(acc[2] for acc in self.train.values())
+        if frames == 0:
+            raise RuntimeError("speaker_mvn has seen no training frames")
+        self.mean = (sum(acc[0] for acc in self.train.values()) / frames).astype(np.float32)
+        self.means = {spk: (self.sums[spk] / self.counts[spk]).astype(np.float32) for spk in self.sums if spk is not None}
+        # the spread of training frames around the mean each is normalized by
+        var = 0.0
+        for spk, (total, total_sq, n) in self.train.items():
+            centre = self.means[spk] if spk is not None else self.mean
+            var = var + total_sq - 2 * centre * total + n * centre.astype(np.float64) ** 2
+        self.std = np.sqrt(np.maximum(var / frames, 0.0) + self.eps).astype(np.float32)
+
+    def __call__(self, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
+        if self.means is None:
+            self._finalize()
+        centre = self.means.get(speaker, self.mean) if speaker is not None else self.mean
+        return (self.smooth(feats) - centre) / self.std
+
+    def state(self) -> dict:
+        if self.means is None:
+            self._finalize()
+        return {**super().state(), "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "speakers": {spk: m.tolist() for spk, m in sorted(self.means.items())},
+                "frames": {spk or "": n for spk, n in self.counts.items()}}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.mean = np.asarray(state["mean"], dtype=np.float32)
+        self.std = np.asarray(state["std"], dtype=np.float32)
+        self.means = {spk: np.asarray(m, dtype=np.float32) for spk, m in state["speakers"].items()}
+
+
+@registry.normalizers.register("speaker_mvn")
+def speaker_mvn(cepstral_order: CepstralOrder = 0) -> SpeakerMVN:
+    """Each speaker's mean removed (from all their recordings, test ones included), one std per bin; needs sources that name speakers."""
+    return SpeakerMVN(cepstral_order=cepstral_order)
 
 
 @registry.normalizers.register("global_mvn")

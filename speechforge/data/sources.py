@@ -94,7 +94,10 @@ def list_librispeech(split_dir: Path) -> Listing:
     if not audio and not texts:
         raise DataError("no recordings: expected <speaker>/<chapter>/<utt>.flac with <speaker>-<chapter>.trans.txt",
                         split_dir)
-    return Listing(_pair(audio, texts, "<speaker>-<chapter>.trans.txt", problems), problems)
+    entries = _pair(audio, texts, "<speaker>-<chapter>.trans.txt", problems)
+    for entry in entries:
+        entry.speaker = entry.audio.parent.parent.name
+    return Listing(entries, problems)
 
 
 def list_kaldi(data_dir: Path) -> Listing:
@@ -133,7 +136,7 @@ def list_kaldi(data_dir: Path) -> Listing:
 
 
 def list_manifest(path: Path) -> Listing:
-    """JSON lines: {"id", "audio" or "features", "text", "duration"}; paths relative to the manifest."""
+    """JSON lines: {"id", "audio" or "features", "text", "duration", "speaker"}; paths relative to the manifest."""
     if not path.is_file():
         raise DataError("no such manifest: expected JSON lines {\"id\", \"audio\" or \"features\", \"text\", \"duration\"}",
                         path)
@@ -189,8 +192,11 @@ def _manifest_entry(line: str, where: str, home: Path, seen: dict[str, str]) -> 
     duration = item.get("duration")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0):
         return f"expected \"duration\" to be a positive number of seconds, got {json.dumps(duration)}"
+    speaker = item.get("speaker")
+    if speaker is not None and (not isinstance(speaker, str) or not speaker):
+        return f"expected \"speaker\" to be a non-empty string, got {json.dumps(speaker)}"
     return Entry(utt, file if kinds[0] == "features" else None, _normalize(text) if text is not None else None,
-                 audio=file if kinds[0] == "audio" else None, duration=duration, origin=where)
+                 audio=file if kinds[0] == "audio" else None, duration=duration, origin=where, speaker=speaker)
 
 
 # --- the registered datasets ------------------------------------------------------------------------
@@ -253,4 +259,4 @@ kaldi = _register_audio_source(
     "Kaldi data directories: <root>/<split>/wav.scp and text (utt2spk optional, not needed).")
 jsonl = _register_audio_source(
     "jsonl", list_manifest, ("train.jsonl", "dev.jsonl", "test.jsonl"),
-    'JSON-lines manifests <root>/<split>.jsonl: {"id", "audio" or "features", "text", "duration"}.')
+    'JSON-lines manifests <root>/<split>.jsonl: {"id", "audio" or "features", "text", "duration", "speaker"}.')

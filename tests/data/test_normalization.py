@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from speechforge import recipe as recipe_mod
-from speechforge.data.normalization import envelope_projection, from_state, global_mvn, none, utterance_mvn
+from speechforge.data.normalization import envelope_projection, from_state, global_mvn, none, speaker_mvn, utterance_mvn
 from speechforge.recipe import RecipeError
 
 BINS = 80
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _frames(rng: np.random.Generator, n: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -63,3 +67,51 @@ def test_a_negative_cepstral_order_is_refused_by_its_recipe_key():
     with pytest.raises(RecipeError) as err:
         recipe_mod.validate_component("normalizers", {"name": "global_mvn", "cepstral_order": -1}, "data.normalization")
     assert err.value.problems[0][0] == "data.normalization.cepstral_order"
+
+
+# --- speaker_mvn ---------------------------------------------------------------------------
+
+
+def _speaker_frames(offset: float, seed: int, n: int = 200) -> np.ndarray:
+    return (offset + np.random.default_rng(seed).normal(0.0, 2.0, (n, BINS))).astype(np.float32)
+
+
+def test_speaker_mvn_removes_each_speakers_own_mean_test_speakers_included():
+    norm = speaker_mvn()
+    norm.update(_speaker_frames(+3.0, 0), "a")  # training speakers
+    norm.update(_speaker_frames(-3.0, 1), "b")
+    norm.observe(_speaker_frames(+8.0, 2), "c")  # a test speaker: frames, no training
+    for spk, offset, seed in (("a", 3.0, 0), ("b", -3.0, 1), ("c", 8.0, 2)):
+        out = norm(_speaker_frames(offset, seed), spk)
+        assert np.abs(out.mean(0)).max() < 1e-4
+        assert abs(float(out.std(0).mean()) - 1.0) < 0.05  # the within-speaker spread, not the +-3 between them
+    # a speaker the statistics never saw, or none named: the training mean (0 here)
+    np.testing.assert_allclose(norm(_speaker_frames(0.0, 3), "z"), norm(_speaker_frames(0.0, 3)), atol=1e-6)
+    assert abs(float(norm(_speaker_frames(0.0, 3)).mean())) < 0.05
+
+
+def test_speaker_mvn_normalizes_alike_after_its_saved_state_is_loaded():
+    norm = speaker_mvn(cepstral_order=16)
+    norm.update(_speaker_frames(1.0, 0), "a")
+    norm.observe(_speaker_frames(-2.0, 1), "b")
+    reloaded = from_state(json.loads(json.dumps(norm.state())))
+    for spk in ("a", "b", None):
+        np.testing.assert_allclose(reloaded(_speaker_frames(0.5, 2), spk), norm(_speaker_frames(0.5, 2), spk), atol=1e-5)
+
+
+def test_a_run_with_speaker_mvn_has_its_test_speakers_means_from_their_own_recordings(tmp_path):
+    from audio_layouts import recordings, write_layout
+
+    from speechforge import experiment
+
+    root = write_layout("librispeech", tmp_path / "ls", recordings("theo") + recordings("george"), recordings("jackson"))
+    raw = recipe_mod.read_toml(REPO / "recipes" / "char_tiny.toml")
+    raw["data"] = {"name": "librispeech", "root": str(root), "test": None, "cache_dir": str(tmp_path / "cache"),
+                   "normalization": {"name": "speaker_mvn"}}
+    exp = experiment.build(recipe_mod.validate(raw), tmp_path / "run", log=lambda m: None)
+    state = exp.normalizer.state()
+    assert sorted(state["speakers"]) == ["11", "12", "14"]  # george, jackson (dev only), theo
+    dev = exp.corpus.split("dev").utterances
+    assert {u.speaker for u in dev} == {"12"}
+    frames = np.concatenate([np.load(u.feats).T for u in dev])
+    np.testing.assert_allclose(state["speakers"]["12"], frames.mean(0), atol=1e-3)

@@ -195,3 +195,15 @@ def test_a_corpus_made_with_other_sizes_is_refused_by_name(tiny):
     synth(root=str(out), train_utterances=6, dev_utterances=2, test_utterances=2).prepare()  # its own sizes: fine
     with pytest.raises(DataError, match=r"corpus\.json: holds a corpus of 6/2/2 .* asks for 4000/2/2, seed 0"):
         synth(root=str(out), train_utterances=4000, dev_utterances=2, test_utterances=2).prepare()
+
+
+def test_each_synthetic_utterance_is_spoken_by_its_voice_for_speaker_normalization(tiny):
+    from speechforge.data.hw4p2 import synth
+
+    out, _ = tiny
+    corpus = synth(root=str(out), train_utterances=6, dev_utterances=2, test_utterances=2)
+    listed = {json.loads(line)["id"]: json.loads(line)["speaker"]
+              for line in (out / "train-clean-100" / "utterances.jsonl").read_text().splitlines()}
+    utterances = corpus.split("train").utterances
+    assert {u.id: u.speaker for u in utterances} == listed
+    assert all("+" in u.speaker for u in utterances)  # language+variant
