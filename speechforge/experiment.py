@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -260,6 +261,24 @@ def open_run(run_dir: Path, overrides: list[str] | None = None, weights: str = "
     model.load_state_dict(load_weights(run_dir, weights))
     model.eval()
     return TrainedRun(run_dir, recipe, tokenizer, normalizer, model)
+
+
+def meet_new_speakers(exp: Experiment, roles: list[str], log: Log = print) -> None:
+    """A per-speaker normalizer learns the means of speakers it has not met from the splits
+    about to be decoded (their recordings, not their transcripts); nothing is saved."""
+    from speechforge.data.corpus import load_features
+
+    unknown: dict[str, list[np.ndarray]] = {}
+    known = set(exp.normalizer.state()["speakers"])
+    for role in roles:
+        if exp.corpus.has(role):
+            for utt in exp.corpus.split(role).utterances:
+                if utt.speaker is not None and utt.speaker not in known:
+                    unknown.setdefault(utt.speaker, []).append(load_features(utt.feats, exp.corpus.num_mel_bins))
+    new = exp.normalizer.add_speakers(unknown)
+    if new:
+        log(f"data.normalization: {len(new)} speaker(s) the run has not met ({', '.join(new[:5])}"
+            f"{', ...' if len(new) > 5 else ''}): their means come from the recordings decoded now")
 
 
 def _input_dim(raw: dict[str, Any]) -> int:

@@ -195,5 +195,7 @@ def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=Non
     exp = experiment.Experiment(
         trained.recipe, run_dir, trained.recipe.data.build(), trained.normalizer, trained.tokenizer, trained.model
     )
+    if trained.normalizer.per_speaker:
+        experiment.meet_new_speakers(exp, splits or exp.corpus.eval_roles, log)
     return decode_splits(trained.model, exp, trained.recipe, run_dir, log, splits,
                          suffix="" if weights == "best" else f"-{weights}")

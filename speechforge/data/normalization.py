@@ -195,6 +195,17 @@ class SpeakerMVN(Normalizer):
         centre = self.means.get(speaker, self.mean) if speaker is not None else self.mean
         return (self.smooth(feats) - centre) / self.std
 
+    def add_speakers(self, frames_by_speaker: dict[str, list[np.ndarray]]) -> list[str]:
+        """Means for speakers the statistics have not met (a split decoded after training),
+        from their (T, F) frames; the ones already known keep theirs. Returns the new names."""
+        if self.means is None:
+            self._finalize()
+        new = sorted(spk for spk in frames_by_speaker if spk not in self.means)
+        for spk in new:
+            x = np.concatenate([self.smooth(f) for f in frames_by_speaker[spk]]).astype(np.float64)
+            self.means[spk] = x.mean(0).astype(np.float32)
+        return new
+
     def state(self) -> dict:
         if self.means is None:
             self._finalize()

@@ -115,3 +115,12 @@ def test_a_run_with_speaker_mvn_has_its_test_speakers_means_from_their_own_recor
     assert {u.speaker for u in dev} == {"12"}
     frames = np.concatenate([np.load(u.feats).T for u in dev])
     np.testing.assert_allclose(state["speakers"]["12"], frames.mean(0), atol=1e-3)
+
+    # decoding later with statistics that never met jackson: his mean comes from the split decoded
+    del state["speakers"]["12"]
+    exp.normalizer = from_state(state)
+    lines: list[str] = []
+    experiment.meet_new_speakers(exp, ["dev"], lines.append)
+    np.testing.assert_allclose(exp.normalizer.state()["speakers"]["12"], frames.mean(0), atol=1e-3)
+    assert lines == ["data.normalization: 1 speaker(s) the run has not met (12): their means come from the "
+                     "recordings decoded now"]
