@@ -160,10 +160,12 @@ class AudioCorpus(FeatureCorpus):
         source = self.source(role)
         listing = self.lister(source)
         entries = sorted(listing.entries, key=lambda e: e.id)[: self.max_utterances]
-        if role == "train" and not any(e.text is not None for e in entries):
-            raise DataError("no transcripts: the training split needs them", source)
         problems = list(listing.problems)
         stop_if_bad(problems, self.on_bad_file)  # before hours of computing, not after
+        if not entries and problems:  # on_bad_file = "skip", and every line was bad
+            raise DataError(f"no usable utterances: all {len(problems)} listed are bad, e.g. {problems[0]}", source)
+        if role == "train" and not any(e.text is not None for e in entries):
+            raise DataError("no transcripts: the training split needs them", source)
         self._check_settings()
         out = self.cache(role)
         (out / "fbank").mkdir(parents=True, exist_ok=True)

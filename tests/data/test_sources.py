@@ -357,3 +357,19 @@ def test_every_skipped_file_is_listed_with_counts_per_reason(tmp_path):
     assert all(any(w == where for where in listed) for w in wheres), listed
     assert any(where.startswith(f"{manifest}:") for where in listed)
     assert sum(split.skipped_by_reason().values()) == 3
+
+
+@pytest.mark.parametrize("on_bad_file, says", [
+    ("stop", "audio file {missing} does not exist (and 2 more)"),
+    ("skip", "no usable utterances: all 3 listed are bad, e.g. {where}: audio file {missing} does not exist"),
+])
+def test_a_manifest_whose_recordings_are_all_gone_names_the_first_missing_file(tmp_path, on_bad_file, says):
+    # as after moving the recordings a manifest lists: not "no transcripts"
+    root = tmp_path / "m"
+    root.mkdir()
+    lines = [{"id": f"u{i}", "audio": f"gone/{i}.wav", "text": "ONE"} for i in range(3)]
+    (root / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(DataError) as err:
+        build("jsonl", root, dev=None, on_bad_file=on_bad_file).split("train")
+    missing = root / "gone" / "0.wav"
+    assert says.format(missing=missing, where=f"{root / 'train.jsonl'}:1") in str(err.value)
