@@ -126,3 +126,13 @@ def test_reference_recipe_is_under_30m_parameters(hw4p2_root, capsys):
     count = int(next(l for l in out.splitlines() if l.startswith("parameters:")).split()[1].replace(",", ""))
     assert 15_000_000 < count <= 30_000_000
     assert "support at most" in out  # 28 utterances cannot train 5000 pieces: said, not crashed
+
+
+def test_check_on_a_corpus_without_training_data_does_not_promise_to_generate_it(tmp_path, capsys):
+    root = tmp_path / "hw4p2"
+    (root / "dev-clean" / "fbank").mkdir(parents=True)  # a user's corpus whose train-clean-100 is missing
+    code = main(["check", str(REPO / "recipes" / "char_tiny.toml"), "--set", f"data.root={root}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("note: data: "))
+    assert "train-clean-100" in line and "generated" not in line

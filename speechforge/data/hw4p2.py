@@ -138,6 +138,8 @@ class SynthCorpus(FeatureCorpus):
     """The built-in corpus; ``text`` (a TargetText) and ``recording`` (a Recording) when the
     recipe chooses what its voices say and how they are recorded."""
 
+    generates_itself = True  # prepare() makes it when it is missing
+
     def __init__(self, sizes: dict[str, int], seed: int, text=None, recording=None, **kwargs):
         super().__init__(**kwargs)
         from speechforge.data.synth.corpus import Recording, describe_text_and_recording

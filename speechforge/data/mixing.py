@@ -112,6 +112,10 @@ class MixedCorpus:
     def roles(self) -> list[str]:
         return ["train"] + self.eval_roles
 
+    @property
+    def generates_itself(self) -> bool:
+        return all(getattr(corpus, "generates_itself", False) for corpus in self.corpora)
+
     def has(self, role: str) -> bool:
         if role == "train":
             return all(corpus.has("train") for corpus in self.corpora)
