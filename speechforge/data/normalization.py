@@ -163,16 +163,17 @@ class SpeakerMVN(Normalizer):
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
 
-    def observe(self, feats: np.ndarray, speaker: str | None = None) -> None:
-        """Frames of any split: they count towards their speaker's mean only."""
+    def observe(self, feats: np.ndarray, speaker: str | None = None) -> np.ndarray:
+        """Frames of any split: they count towards their speaker's mean only. Returns them
+        smoothed, in float64."""
         x = self.smooth(feats).astype(np.float64)
         self.sums[speaker] = self.sums.get(speaker, 0.0) + x.sum(0)
         self.counts[speaker] = self.counts.get(speaker, 0) + x.shape[0]
         self.means = None
+        return x
 
     def update(self, feats: np.ndarray, speaker: str | None = None) -> None:
-        self.observe(feats, speaker)
-        x = self.smooth(feats).astype(np.float64)
+        x = self.observe(feats, speaker)
         acc = self.train.setdefault(speaker, [0.0, 0.0, 0])
         acc[0], acc[1], acc[2] = acc[0] + x.sum(0), acc[1] + (x * x).sum(0), acc[2] + x.shape[0]
 
