@@ -14,11 +14,14 @@ fp64 (the model and decoders cast those themselves).
 from __future__ import annotations
 
 import contextlib
+import functools
+import weakref
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal, TypeVar
 
 import torch
+from torch import nn
 
 Precision = Literal["auto", "no", "bf16", "fp16"]
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -74,3 +77,70 @@ def allow_tf32(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+# id of an fp32 parameter -> (a weak reference to it, its data pointer and version when
+# cast, the cast copy). Keyed by id: tensors compare elementwise, so cannot be dict keys.
+_CASTS: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+
+
+def _cast(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    stamp = (param.data_ptr(), param._version)
+    held = _CASTS.get(id(param))
+    if held is None or held[0]() is not param or held[1] != stamp or held[2].dtype != dtype:
+        if held is None or held[0]() is not param:
+            weakref.finalize(param, _CASTS.pop, id(param), None)
+        # a normal tensor even when the search runs under torch.inference_mode
+        with torch.inference_mode(False), torch.no_grad():
+            held = (weakref.ref(param), stamp, nn.Parameter(param.detach().to(dtype), requires_grad=False))
+        _CASTS[id(param)] = held
+    return held[2]
+
+
+@contextlib.contextmanager
+def autocast_weights(*modules: nn.Module | None):
+    """Within, every ``nn.Linear`` of ``modules`` holds its weight and bias already in the
+    active autocast dtype of its device (nothing changes where autocast is off).
+
+    Autocast casts an fp32 weight at every call, and caches the cast only for tensors that
+    require grad outside inference mode: a search loop under ``torch.inference_mode`` recast
+    every decoder weight at every step (benchmarks/README.md). The products are the same:
+    autocast rounds the same weights to the same dtype. Norms, embeddings (an output layer
+    tied to the embedding keeps the embedding fp32) and everything but ``nn.Linear`` stay as
+    they are. Casts are kept per parameter and redone when it changes (training between
+    validation decodes)."""
+    swapped = []
+    try:
+        for module in modules:
+            if module is None:
+                continue
+            for layer in module.modules():
+                if not isinstance(layer, nn.Linear):
+                    continue
+                device = layer.weight.device.type
+                if not torch.is_autocast_enabled(device):
+                    continue
+                dtype = torch.get_autocast_dtype(device)
+                for name in ("weight", "bias"):
+                    param = layer._parameters.get(name)
+                    if param is not None and param.dtype == torch.float32:
+                        swapped.append((layer, name, param))
+                        layer._parameters[name] = _cast(param, dtype)
+        yield
+    finally:
+        for layer, name, param in reversed(swapped):
+            layer._parameters[name] = param
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def searches_with_autocast_weights(search: F) -> F:
+    """A search ``search(model, ...)`` run within ``autocast_weights(model)``."""
+
+    @functools.wraps(search)
+    def wrapped(model, *args, **kwargs):
+        with autocast_weights(model):
+            return search(model, *args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]

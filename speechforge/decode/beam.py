@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
-from speechforge import registry
+from speechforge import precision, registry
 from speechforge.data.tokenizers import EOS, SOS
 from speechforge.decode.ctc import CTCPrefixScorer
 # imported for its registration too: the lm_scorers a beam recipe can name live there
@@ -62,6 +62,7 @@ def best_reachable(live: torch.Tensor, length: int, caps: torch.Tensor, length_b
 
 
 @torch.no_grad()
+@precision.searches_with_autocast_weights
 def beam_search(
     model,
     enc_out: torch.Tensor,  # (B, T, D)

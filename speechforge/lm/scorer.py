@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from speechforge import registry
+from speechforge import precision, registry
 from speechforge.lm.model import LMState, TransformerLM
 from speechforge.lm.transfer import load_lm, vocabulary_mismatch
 from speechforge.recipe import RecipeError, Runtime
@@ -30,7 +30,8 @@ class TransformerLMScorer:
         """(N,) newest tokens -> (N, V) next-token log-probabilities; the state grows in place."""
         if next(self.model.parameters()).device != tokens_last.device:
             self.model.to(tokens_last.device)
-        return self.model.step(tokens_last, state).float().log_softmax(-1), state
+        with precision.autocast_weights(self.model):
+            return self.model.step(tokens_last, state).float().log_softmax(-1), state
 
     def select(self, state: LMState, index: torch.Tensor) -> LMState:
         return state.select(index)

@@ -176,6 +176,20 @@ def test_batched_results_equal_one_at_a_time():
         assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], abs=1e-9)
 
 
+def test_bf16_search_under_inference_mode_equals_plain_autocast():
+    # the searches pre-cast the decoder's weights (precision.autocast_weights); autocast
+    # alone would round the same weights at every step, to the same products
+    model = tiny_model(dtype=torch.float32)
+    enc_out, enc_lens = random_enc([9, 6], dtype=torch.float32)
+    options = dict(beam_size=3, nbest=2, ctc_weight=0.3)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for search, kwargs in ((beam_search, options), (greedy_search, {})):
+            got = search(model, enc_out, enc_lens, **kwargs)
+            want = search.__wrapped__(model, enc_out, enc_lens, **kwargs)
+            assert [[h.tokens for h in hyps] for hyps in got] == [[h.tokens for h in hyps] for hyps in want]
+            assert [[h.score for h in hyps] for hyps in got] == [[h.score for h in hyps] for hyps in want]
+
+
 def test_forced_and_minimum_lengths_hold():
     model = tiny_model()
     enc_out, enc_lens = random_enc([10, 6])

@@ -35,6 +35,46 @@ def test_autocast_runs_matrix_products_in_bf16_and_keeps_fp32_weights():
         assert layer(torch.randn(2, 4)).dtype == torch.float32
 
 
+def _tied_decoder() -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 10))
+    model[2].weight = model[0].weight  # an output layer tied to the embedding
+    return model
+
+
+def test_autocast_weights_holds_linears_in_the_autocast_dtype_and_gives_the_same_products():
+    model = _tied_decoder()
+    tokens = torch.tensor([[1, 2, 3]])
+    originals = [p for p in model.parameters()]
+    with torch.inference_mode(), precision.autocast("bf16", "cpu"):
+        want = model(tokens)
+        with precision.autocast_weights(model):
+            assert model[2].weight.dtype == model[2].bias.dtype == torch.bfloat16
+            # the embedding and the norm are not matrix products: autocast leaves them fp32
+            assert model[0].weight.dtype == model[1].weight.dtype == torch.float32
+            got = model(tokens)
+    assert torch.equal(got, want)
+    assert [p for p in model.parameters()] == originals and model[2].weight is model[0].weight
+
+
+def test_autocast_weights_changes_nothing_without_autocast():
+    model = _tied_decoder()
+    with precision.autocast_weights(model):
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_autocast_weights_recasts_a_weight_that_training_changed():
+    layer = torch.nn.Linear(4, 4, bias=False)
+    x = torch.randn(2, 4)
+    with precision.autocast("bf16", "cpu"):
+        with precision.autocast_weights(layer):
+            before = layer(x)
+        with torch.no_grad():
+            layer.weight.mul_(2.0)  # an optimizer step, in place
+        with precision.autocast_weights(layer):
+            after = layer(x)
+    assert torch.allclose(after.float(), 2 * before.float(), rtol=1e-2)
+
+
 def _losses(run_dir) -> list[float]:
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     return [r["loss"] for r in records if "loss" in r]
