@@ -61,8 +61,8 @@ def best_reachable(live: torch.Tensor, length: int, caps: torch.Tensor, length_b
     return torch.where(bound > 0, length_norm(bound, length, length_penalty), length_norm(bound, caps, length_penalty))
 
 
-@torch.no_grad()
 @precision.searches_with_autocast_weights
+@torch.no_grad()
 def beam_search(
     model,
     enc_out: torch.Tensor,  # (B, T, D)

@@ -12,8 +12,8 @@ from speechforge.data.tokenizers import EOS, SOS
 from speechforge.decode.search import Hypothesis, max_lengths
 
 
-@torch.no_grad()
 @precision.searches_with_autocast_weights
+@torch.no_grad()
 def greedy_search(
     model, enc_out: torch.Tensor, enc_lens: torch.Tensor, max_len_ratio: float = 1.0,
     max_len: int | None = None, use_cache: bool = True, force_length: int | None = None,
