@@ -134,12 +134,20 @@ def beam_search(
         a = active.numel()
         n = a * k
         # what every token adds this step, before CTC: (N, V)
-        step = torch.zeros(n, v, dtype=torch.float64, device=dev)
         if use_att:
-            logits = model.step(last, state).double()
+            logits = model.step(last, state)
+            # bf16 logits normalised in fp32 (a (N, V) pass in fp64 costs as much as a layer's
+            # products); what the hypotheses accumulate is fp64
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             if seen is not None:
                 logits = repeat_penalised(logits, seen, repeat_penalty)
-            step += (1.0 - ctc_weight) * (logits / temperature).log_softmax(-1)
+            if temperature != 1.0:
+                logits = logits / temperature
+            step = logits.log_softmax(-1).double()
+            if ctc_weight:
+                step *= 1.0 - ctc_weight
+        else:
+            step = torch.zeros(n, v, dtype=torch.float64, device=dev)
         if use_lm:
             lm_log_probs, lm_state = lm.score(last, lm_state)
             step += lm_weight * lm_log_probs.double()

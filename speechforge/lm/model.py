@@ -16,6 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from speechforge import registry
+from speechforge.model.layers import reordered
 from speechforge.model.transformer import TokenDecoder
 from speechforge.recipe import Runtime, Spec, Sub
 
@@ -29,7 +30,7 @@ class LMState:
 
     def select(self, index: torch.Tensor) -> "LMState":
         """Reorder or repeat along the batch (beam search keeps the surviving hypotheses)."""
-        return LMState([{k: v.index_select(0, index) for k, v in c.items()} for c in self.caches], self.offset)
+        return LMState([reordered(c, index) for c in self.caches], self.offset)
 
 
 class TransformerLM(nn.Module):

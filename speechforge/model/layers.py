@@ -66,6 +66,28 @@ class EncoderLayer(nn.Module):
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
+def reordered(cache: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A self-attention cache whose rows are to follow ``index`` (the hypotheses a beam
+    keeps). The reorder waits for the next step, which copies the past once to reorder
+    and append together (``grown``), where reordering first would copy it twice."""
+    pending = cache.get("index")
+    return {**cache, "index": index if pending is None else pending.index_select(0, index)}
+
+
+def grown(past: torch.Tensor, new: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    """(N, H, T, Dh) cached keys or values, rows picked by ``index`` when given, then
+    the new positions (N, H, U, Dh)."""
+    if index is None:
+        return torch.cat([past, new], dim=2)
+    if torch.is_grad_enabled() and (past.requires_grad or new.requires_grad):  # out= has no backward
+        return torch.cat([past.index_select(0, index), new], dim=2)
+    t = past.shape[2]
+    out = new.new_empty(new.shape[0], new.shape[1], t + new.shape[2], new.shape[3])
+    torch.index_select(past, 0, index, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
+
+
 class DecoderLayer(nn.Module):
     """Causal self-attention, cross-attention to the encoder (absent in a language model),
     feed-forward. ``cache`` holds this layer's past keys/values for step-by-step decoding."""
@@ -93,9 +115,9 @@ class DecoderLayer(nn.Module):
         h = self.norm1(x)
         k, v = self.self_attn.project_kv(h, h)
         if cache is not None:
+            index = cache.pop("index", None)
             if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
+                k, v = grown(cache["k"], k, index), grown(cache["v"], v, index)
             cache["k"], cache["v"] = k, v
         sa, self_weights = self.self_attn(h, kv=(k, v), causal=True, need_weights=need_weights)
         x = x + self.dropout(sa)

@@ -14,6 +14,7 @@ from speechforge import registry
 from speechforge.model.dropout import Dropout
 from speechforge.model.attention import padding_mask
 from speechforge.model.embeddings import PositionalEncoding
+from speechforge.model.layers import reordered
 from speechforge.recipe import Runtime, Spec, Sub
 
 
@@ -43,7 +44,7 @@ class DecoderState:
             memory_kv = [(k.index_select(0, memory_index), v.index_select(0, memory_index)) for k, v in memory_kv]
             memory_valid = memory_valid.index_select(0, memory_index)
         return DecoderState(
-            caches=[{k: v.index_select(0, index) for k, v in c.items()} for c in self.caches],
+            caches=[reordered(c, index) for c in self.caches],
             memory_kv=memory_kv,
             memory_valid=memory_valid,
             offset=self.offset,
@@ -143,7 +144,8 @@ class TransformerCTC(nn.Module):
         stack = self.decoder.stack
         return DecoderState(
             caches=[{} for _ in range(stack.num_active)],
-            memory_kv=self.memory(enc_out),
+            # contiguous once here: in head layout a step's products would copy them every step
+            memory_kv=[(k.contiguous(), v.contiguous()) for k, v in self.memory(enc_out)],
             memory_valid=padding_mask(enc_lens, enc_out.shape[1]),
             beams=beams,
         )

@@ -59,6 +59,20 @@ def test_state_select_reorders_the_cache_like_the_batch():
     torch.testing.assert_close(model.step(tokens[index, 5], picked), model(tokens[index])[:, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_reorders_between_steps_compose():
+    # a reorder waits for the next step (one copy of the cache): two in a row must still
+    # leave row i with the history of row first[second[i]]
+    model = small_lm()
+    tokens = torch.randint(5, V, (3, 6))
+    first, second = torch.tensor([2, 0, 1]), torch.tensor([1, 1, 2])
+    with torch.no_grad():
+        state = model.init_state(3)
+        model.step(tokens[:, :5], state)
+        picked = state.select(first).select(second)
+        rows = first[second]
+        torch.testing.assert_close(model.step(tokens[rows, 5], picked), model(tokens[rows])[:, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_parameter_names_are_the_asr_decoders():
     names = set(dict(small_lm().named_parameters()))
     assert {"decoder.embed.weight", "decoder.stack.layers.0.self_attn.q_proj.weight",
