@@ -5,8 +5,10 @@ padded (B, T, F) batches; the trainer calls them as ``aug(feats, feat_lens)``.
 
 Waveform level (``domain = "waveform"``): speed perturbation and additive noise act on
 one recording before its filterbank is computed, so they only apply to audio sources.
-Filterbank level (``domain = "filterbank"``): vocal tract length perturbation computes
-that filterbank with its mel filters warped; audio sources only, like the waveform level.
+Filterbank level (``domain = "filterbank"``): each gives ``options(rng)``, the settings of
+``features.fbank_torch`` it draws for one recording (vocal tract length perturbation a mel
+warp, tempo a frame shift); the filterbank is computed once with all of them. Audio sources
+only, like the waveform level.
 Such a source recomputes each training utterance's features at every read
 (``OnTheFlyFeatures``, called by the dataset item pipeline); dev and test read the
 features stored by ``speechforge data prepare``. A feature-only source refuses them.
@@ -323,41 +325,75 @@ def pad_silence(
     return PadSilence(max_seconds, tuple(level_db), prob)
 
 
-class VTLP:
+def filterbank(wav: np.ndarray, sample_rate: int, num_mel_bins: int, options: dict) -> np.ndarray:
+    """(F, T) features of one recording computed with filterbank-level ``options``."""
+    from speechforge.data.features import fbank_torch
+
+    feats, _ = fbank_torch(torch.from_numpy(wav)[None], sample_rate=sample_rate, num_mel_bins=num_mel_bins, **options)
+    return feats[0].numpy()
+
+
+class FilterbankAugmentation:
+    """A filterbank-level augmentation: ``options`` draws its settings for one recording;
+    called on its own it computes that recording's features with them."""
+
+    domain: Domain = "filterbank"
+
+    def options(self, rng: np.random.Generator) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, wav: np.ndarray, sample_rate: int, num_mel_bins: int, rng: np.random.Generator) -> np.ndarray:
+        return filterbank(wav, sample_rate, num_mel_bins, self.options(rng))  # (F, T)
+
+
+class VTLP(FilterbankAugmentation):
     """Vocal tract length perturbation (Jaitly and Hinton, 2013): each utterance's filterbank
     computed with its mel filters warped by a factor drawn from ``warp``, Kaldi's VTLN warp
     (``speechforge.data.features.vtln_warp_freq``). A speaker's formants sit higher or lower
     with the length of their vocal tract; the warp shows the model the same words with the
     formants moved, as an unheard speaker would say them."""
 
-    domain: Domain = "filterbank"
-
     def __init__(self, warp: tuple[float, float]):
         self.warp = warp
 
-    def __call__(self, wav: np.ndarray, sample_rate: int, num_mel_bins: int, rng: np.random.Generator) -> np.ndarray:
-        from speechforge.data.features import fbank_torch
-
-        factor = float(rng.uniform(*self.warp))
-        feats, _ = fbank_torch(torch.from_numpy(wav)[None], sample_rate=sample_rate, num_mel_bins=num_mel_bins,
-                               vtln_warp=factor)
-        return feats[0].numpy()  # (F, T)
+    def options(self, rng: np.random.Generator) -> dict:
+        return {"vtln_warp": float(rng.uniform(*self.warp))}
 
 
-def _warp_range(value: tuple[float, float]) -> tuple[float, float]:
+class Tempo(FilterbankAugmentation):
+    """Each utterance said faster or slower with its pitch and formants kept: the filterbank's
+    25 ms windows taken ``factor`` x 10 ms apart, so a word spans 1/factor as many frames
+    with the same spectra. Speed perturbation moves pitch and formants with the duration;
+    speakers also differ in duration alone (on FSDD one speaker holds SIX for 0.71 s, the
+    others for 0.27-0.45 s)."""
+
+    def __init__(self, factors: tuple[float, float]):
+        self.factors = factors
+
+    def options(self, rng: np.random.Generator) -> dict:
+        return {"frame_shift_ms": 10.0 * float(rng.uniform(*self.factors))}
+
+
+def _factor_range(value: tuple[float, float]) -> tuple[float, float]:
     if not 0.5 <= value[0] <= value[1] <= 2.0:
         raise ValueError(f"expected [low, high] with 0.5 <= low <= high <= 2.0, got [{value[0]}, {value[1]}]")
     return value
 
 
 @registry.augmentations.register("vtlp")
-def vtlp(warp: Annotated[tuple[float, float], AfterValidator(_warp_range)] = (0.9, 1.1)) -> VTLP:
+def vtlp(warp: Annotated[tuple[float, float], AfterValidator(_factor_range)] = (0.9, 1.1)) -> VTLP:
     """Vocal tract length perturbation: mel filters warped per utterance by a factor drawn from warp; audio sources only."""
     return VTLP(tuple(warp))
 
 
+@registry.augmentations.register("tempo")
+def tempo(factors: Annotated[tuple[float, float], AfterValidator(_tempo_range)] = (0.8, 1.25)) -> Tempo:
+    """Tempo perturbation, pitch kept: frames factor x 10 ms apart, factor drawn per utterance (above 1: faster); audio sources only."""
+    return Tempo(tuple(factors))
+
+
 @registry.augmentations.register("mel_warp")
-def mel_warp(warp: Annotated[tuple[float, float], AfterValidator(_warp_range)] = (0.9, 1.1),
+def mel_warp(warp: Annotated[tuple[float, float], AfterValidator(_factor_range)] = (0.9, 1.1),
              sample_rate: Annotated[int, Field(gt=0)] = 16000) -> MelWarp:
     """VTLP on stored features: each utterance's mel axis warped by a factor drawn from warp,
     for any corpus (features or audio, a mix's too); sample_rate is the features' own."""
@@ -391,8 +427,6 @@ class OnTheFlyFeatures:
     def __init__(self, augmentations: list, sample_rate: int, num_mel_bins: int):
         self.augmentations = [aug for aug in augmentations if domain(aug) == "waveform"]
         self.filterbanks = [aug for aug in augmentations if domain(aug) == "filterbank"]
-        if len(self.filterbanks) > 1:
-            raise ValueError("one filterbank-level augmentation at most: each computes the features itself")
         self.sample_rate, self.num_mel_bins = sample_rate, num_mel_bins
 
     def __call__(self, audio: Path) -> np.ndarray:
@@ -404,7 +438,10 @@ class OnTheFlyFeatures:
             for aug in self.augmentations:
                 wav = aug(wav, self.sample_rate, rng)
             if self.filterbanks:
-                feats = self.filterbanks[0](wav, self.sample_rate, self.num_mel_bins, rng)  # (F, T)
+                options = {}
+                for aug in self.filterbanks:
+                    options.update(aug.options(rng))
+                feats = filterbank(wav, self.sample_rate, self.num_mel_bins, options)  # (F, T)
             else:
                 feats = fbank(wav, self.sample_rate, self.num_mel_bins)
         if feats.shape[1] == 0:

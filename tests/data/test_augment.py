@@ -20,7 +20,7 @@ from speechforge.recipe import RecipeError, validate_component
 def test_every_augmentation_is_registered_with_its_level():
     levels = {name: domain(registry.resolve("augmentations", name)()) for name in registry.names("augmentations")}
     assert levels == {"specaugment": "features", "time_warp": "features", "speed_perturb": "waveform",
-                      "noise": "waveform", "vtlp": "filterbank", "mel_warp": "features", "level_tilt": "features",
+                      "noise": "waveform", "vtlp": "filterbank", "tempo": "filterbank", "mel_warp": "features", "level_tilt": "features",
                       "pad_silence": "waveform"}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from audio_layouts import build, recordings, write_layout
 
-from speechforge.data.augment import VTLP, MelWarp, domain, warp_mel_bins
+from speechforge.data.augment import VTLP, MelWarp, OnTheFlyFeatures, Tempo, domain, warp_mel_bins
 from speechforge.data.batching import UtteranceDataset
 from speechforge.data.features import fbank_torch, kaldi_mel_banks
 from speechforge.data.normalization import Normalizer
@@ -48,6 +48,38 @@ def test_vtlp_draws_a_factor_per_utterance_from_its_range():
     factors = np.random.default_rng(1).uniform(0.9, 1.1, 3)
     expected, _ = fbank_torch(torch.from_numpy(wav)[None], vtln_warp=float(factors[2]))
     np.testing.assert_allclose(outputs[2], expected[0].numpy(), atol=1e-5)
+
+
+def test_tempo_spaces_the_frames_by_its_factor_and_keeps_each_frames_spectrum():
+    sr, t = 16000, np.arange(16000) / 16000
+    wav = (0.3 * np.sin(2 * np.pi * 700.0 * t)).astype(np.float32)
+    plain = fbank_torch(torch.from_numpy(wav)[None])[0][0].numpy()  # (80, 98)
+    faster = Tempo((1.25, 1.25))(wav, sr, 80, np.random.default_rng(0))
+    slower = Tempo((0.8, 0.8))(wav, sr, 80, np.random.default_rng(0))
+    # 25 ms windows every 12.5 ms and every 8 ms: 1 s of audio in 1/1.25 and 1/0.8 the frames
+    assert (faster.shape[1], plain.shape[1], slower.shape[1]) == (79, 98, 122)
+    # a steady tone stays where it was (pitch kept): same peak bin, same level around it
+    # (bins far from the tone hold window leakage, which varies with each frame's phase)
+    peak = int(plain.mean(1).argmax())
+    for other in (faster, slower):
+        assert int(other.mean(1).argmax()) == peak
+        np.testing.assert_allclose(other.mean(1)[peak - 2 : peak + 3], plain.mean(1)[peak - 2 : peak + 3], atol=0.1)
+
+
+def test_filterbank_augmentations_combine_into_one_filterbank(tmp_path):
+    wav = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
+    path = tmp_path / "take.wav"
+    import soundfile
+    soundfile.write(path, wav, 16000)
+    torch.manual_seed(3)
+    seed = int(torch.randint(0, 2**62, ()).item())  # what OnTheFlyFeatures draws its rng from
+    rng = np.random.default_rng(seed)
+    warp, speed = rng.uniform(0.8, 1.2), rng.uniform(0.8, 1.25)
+    torch.manual_seed(3)
+    feats = OnTheFlyFeatures([VTLP((0.8, 1.2)), Tempo((0.8, 1.25))], 16000, 80)(path)  # (T, F)
+    expected, _ = fbank_torch(torch.from_numpy(soundfile.read(path, dtype="float32")[0])[None], vtln_warp=float(warp),
+                              frame_shift_ms=10.0 * float(speed))
+    np.testing.assert_allclose(feats, expected[0].numpy().T, atol=1e-5)
 
 
 def test_vtlp_of_one_reads_training_recordings_as_the_cache_holds_them(tmp_path):
