@@ -29,7 +29,7 @@ class DecoderState:
 
     caches: list[dict[str, torch.Tensor]]
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    memory_valid: torch.Tensor  # (B, S)
+    memory_valid: torch.Tensor | None  # (B, S); None: no padding
     offset: int = 0
     beams: int = 1
 
@@ -42,7 +42,7 @@ class DecoderState:
         memory_kv, memory_valid = self.memory_kv, self.memory_valid
         if memory_index is not None:
             memory_kv = [(k.index_select(0, memory_index), v.index_select(0, memory_index)) for k, v in memory_kv]
-            memory_valid = memory_valid.index_select(0, memory_index)
+            memory_valid = None if memory_valid is None else memory_valid.index_select(0, memory_index)
         return DecoderState(
             caches=[reordered(c, index) for c in self.caches],
             memory_kv=memory_kv,
@@ -142,11 +142,13 @@ class TransformerCTC(nn.Module):
         """The state before the first step; ``beams`` hypotheses per utterance, in
         consecutive rows, all starting from <sos>."""
         stack = self.decoder.stack
+        # no padding (one utterance, or equal lengths): no mask to build and apply every step
+        valid = padding_mask(enc_lens, enc_out.shape[1])
         return DecoderState(
             caches=[{} for _ in range(stack.num_active)],
             # contiguous once here: in head layout a step's products would copy them every step
             memory_kv=[(k.contiguous(), v.contiguous()) for k, v in self.memory(enc_out)],
-            memory_valid=padding_mask(enc_lens, enc_out.shape[1]),
+            memory_valid=None if bool(valid.all()) else valid,
             beams=beams,
         )
 
