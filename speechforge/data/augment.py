@@ -387,7 +387,7 @@ def vtlp(warp: Annotated[tuple[float, float], AfterValidator(_factor_range)] = (
 
 
 @registry.augmentations.register("tempo")
-def tempo(factors: Annotated[tuple[float, float], AfterValidator(_tempo_range)] = (0.8, 1.25)) -> Tempo:
+def tempo(factors: Annotated[tuple[float, float], AfterValidator(_factor_range)] = (0.8, 1.25)) -> Tempo:
     """Tempo perturbation, pitch kept: frames factor x 10 ms apart, factor drawn per utterance (above 1: faster); audio sources only."""
     return Tempo(tuple(factors))
 

@@ -92,12 +92,15 @@ def test_vtlp_of_one_reads_training_recordings_as_the_cache_holds_them(tmp_path)
         assert np.abs(dataset[i]["feats"].numpy() - np.load(utt.feats).T).mean() < 5e-3
 
 
-def test_vtlp_needs_recordings_and_a_sane_range(tmp_path):
+def test_vtlp_and_tempo_need_recordings_and_a_sane_range(tmp_path):
     spec = validate_component("datasets", {"name": "hw4p2", "root": str(tmp_path), "augment": [{"name": "vtlp"}]}, "data")
     with pytest.raises(RecipeError, match=r"^data.augment\[0\].name: 'vtlp' changes the waveform"):
         spec.build()
     with pytest.raises(RecipeError, match=r"data.augment\[0\].warp: .*0.5 <= low <= high <= 2.0"):
         validate_component("augmentations", {"name": "vtlp", "warp": [1.2, 0.8]}, "data.augment[0]")
+    with pytest.raises(RecipeError, match=r"data.augment\[1\].factors: .*0.5 <= low <= high <= 2.0"):
+        validate_component("augmentations", {"name": "tempo", "factors": [1.3, 0.9]}, "data.augment[1]")
+    assert isinstance(validate_component("augmentations", {"name": "tempo"}, "data.augment[1]").build(), Tempo)
 
 
 # --- mel_warp: the same warp on stored features ----------------------------------------
