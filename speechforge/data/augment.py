@@ -16,6 +16,7 @@ features stored by ``speechforge data prepare``. A feature-only source refuses t
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Literal
@@ -178,30 +179,43 @@ class MelWarp:
 
 
 class LevelTilt:
-    """Each utterance's features shifted by a random level and a random spectral tilt (a
-    straight line across the bins): what another microphone's gain and frequency response
-    add to log-mel features. Real frames only; the padding stays as it was."""
+    """Each utterance's features shifted by a random level, a random spectral tilt (a
+    straight line across the bins) and, with ``bends``, a random smooth curve (cosines of
+    2 to ``1 + orders`` half-periods across the bins): what another microphone's gain and
+    frequency response add to log-mel features. Real frames only; the padding stays as it was."""
 
     domain: Domain = "features"
 
-    def __init__(self, level: float, tilt: float):
-        self.level, self.tilt = level, tilt
+    def __init__(self, level: float, tilt: float, bends: float = 0.0, orders: int = 3):
+        self.level, self.tilt, self.bends, self.orders = level, tilt, bends, orders
 
     def __call__(self, feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         b, t, f = feats.shape
         level = (2 * torch.rand(b, generator=generator) - 1) * self.level
         tilt = (2 * torch.rand(b, generator=generator) - 1) * self.tilt
         offset = level[:, None] + tilt[:, None] * torch.linspace(-1.0, 1.0, f)[None]  # (B, F)
+        if self.bends > 0 and self.orders > 0:
+            # drawn only when asked, so recipes without bends keep their random stream
+            amplitude = (2 * torch.rand(b, self.orders, generator=generator) - 1) * self.bends  # (B, K)
+            k = torch.arange(2, 2 + self.orders, dtype=torch.float32)[:, None]
+            cosines = torch.cos(math.pi * k * (torch.arange(f) + 0.5)[None] / f)  # (K, F)
+            offset = offset + amplitude @ cosines
         real = torch.arange(t)[None] < lengths.cpu()[:, None]  # (B, T)
         return feats + (offset[:, None, :] * real[:, :, None]).to(feats.device, feats.dtype)
 
 
 @registry.augmentations.register("level_tilt")
-def level_tilt(level: Annotated[float, Field(ge=0.0)] = 1.0, tilt: Annotated[float, Field(ge=0.0)] = 0.5) -> LevelTilt:
+def level_tilt(
+    level: Annotated[float, Field(ge=0.0)] = 1.0,
+    tilt: Annotated[float, Field(ge=0.0)] = 0.5,
+    bends: Annotated[float, Field(ge=0.0)] = 0.0,
+    orders: Annotated[int, Field(ge=1, le=16)] = 3,
+) -> LevelTilt:
     """A random level in [-level, level] and tilt (the offset from the middle bin to either
-    end, in [-tilt, tilt]) added to each utterance, in the units of the batch: standard
-    deviations per bin after global_mvn. Recording gain and microphone colouring."""
-    return LevelTilt(level, tilt)
+    end, in [-tilt, tilt]) added to each utterance, and with bends > 0 a smooth curve (each
+    of ``orders`` cosines up to bends high), in the units of the batch: standard deviations
+    per bin after global_mvn. Recording gain and microphone colouring."""
+    return LevelTilt(level, tilt, bends, orders)
 
 
 # --- waveform augmentations --------------------------------------------------------------

@@ -3,6 +3,8 @@ and where each level is allowed."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -211,6 +213,22 @@ def test_level_tilt_adds_one_straight_line_per_utterance_to_real_frames_only():
         assert abs(float(line.mean())) <= 1.0 + 1e-5 and abs(float(line[-1] - line.mean())) <= 0.5 + 1e-5
         assert torch.equal(out[i, n:], feats[i, n:])  # the padding untouched
     assert not torch.allclose(out[0] - feats[0], out[1] - feats[1])  # each utterance its own
+
+
+def test_level_tilt_bends_add_a_smooth_curve_and_leave_the_line_alone_without_them():
+    feats = torch.zeros(3, 5, 40)
+    lengths = torch.tensor([5, 5, 5])
+    plain = registry.resolve("augmentations", "level_tilt")(level=1.0, tilt=0.5)
+    bent = registry.resolve("augmentations", "level_tilt")(level=1.0, tilt=0.5, bends=0.3, orders=3)
+    line = plain(feats, lengths, torch.Generator().manual_seed(1))[:, 0]  # (B, F)
+    curve = bent(feats, lengths, torch.Generator().manual_seed(1))[:, 0]
+    extra = curve - line  # the same level and tilt were drawn first: the rest is the curve
+    assert not torch.allclose(extra, torch.zeros_like(extra))
+    assert float(extra.abs().max()) <= 3 * 0.3 + 1e-5
+    # the curve has no mean and no straight-line part: cosines of 2+ half-periods only
+    assert torch.allclose(extra.mean(1), torch.zeros(3), atol=1e-5)
+    jumps = (extra[:, 1:] - extra[:, :-1]).abs().max()
+    assert float(jumps) < 0.3 * 3 * math.pi * 4 / 40  # smooth: slope of the 4-half-period cosine at most
 
 
 # --- silence padding -------------------------------------------------------------------------
