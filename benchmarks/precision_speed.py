@@ -1,7 +1,8 @@
-"""Training speed by commit and precision: what each change was worth, side by side.
+"""Training (and decoding) speed by commit and precision: what each change was worth, side by side.
 
     python benchmarks/precision_speed.py --revs dfc4bce,HEAD                 # before / after
     python benchmarks/precision_speed.py --revs dfc4bce,A,B,HEAD --workload peer
+    python benchmarks/precision_speed.py --revs 23cd521,HEAD --workload decode
     python benchmarks/precision_speed.py --quick                             # smoke test
 
 Each revision is checked out into a temporary git worktree; for each revision and each
@@ -16,6 +17,9 @@ Workloads:
               missing): its real bucketed batches, SpecAugment included, AdamW, ce_ctc
   peer        recipes/bpe5k_ctc.toml on the peer harness's batch shapes (8 utterances of
               1050-1580 frames, random features and tokens), the recipe's optimizer
+  decode      the peer harness's decoding: recipes/bpe5k_ctc.toml's model (random seeded
+              weights), one utterance of 1000 frames a step, encoded and searched by beam 10
+              + CTC 0.3 forced to 100 tokens, under torch.inference_mode as the harness runs it
 
 Read the ratios, not the absolute times, and give the CPU flags beside them
 (`grep -o 'amx_bf16\\|avx512_bf16' /proc/cpuinfo | sort -u`).
@@ -48,6 +52,11 @@ def batches(args, tree: Path):
 
     from speechforge import recipe as recipes
 
+    if args.workload == "decode":
+        g = torch.Generator().manual_seed(0)
+        frames, count = (200, 2) if args.quick else (1000, 4)
+        return recipes.read_toml(args.recipe or tree / "recipes" / "bpe5k_ctc.toml"), 5000, [], [
+            torch.randn(1, frames, 80, generator=g) for _ in range(count)]
     if args.workload == "peer":
         raw = recipes.read_toml(args.recipe or tree / "recipes" / "bpe5k_ctc.toml")
         from speechforge.data.batching import collate
@@ -88,7 +97,14 @@ def worker(args) -> None:
     model.train()
     bf16 = args.precision == "bf16"
 
-    def step(batch) -> None:
+    def decode(feats) -> None:
+        from speechforge.decode.beam import beam_search
+
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            enc_out, enc_lens = model.encode(feats, torch.tensor([feats.shape[1]]))
+            beam_search(model, enc_out, enc_lens, beam_size=10, ctc_weight=0.3, force_length=20 if args.quick else 100)
+
+    def train_step(batch) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             feats = batch.feats
@@ -100,6 +116,9 @@ def worker(args) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
 
+    if args.workload == "decode":
+        model.eval()
+    step = decode if args.workload == "decode" else train_step
     for batch in data[: args.warmup]:
         step(batch)
     print(json.dumps({"steps": len(data)}), flush=True)
@@ -108,7 +127,8 @@ def worker(args) -> None:
             sys.stdin.readline()
             start = time.perf_counter()
             step(batch)
-            print(json.dumps({"s": time.perf_counter() - start, "frames": int(batch.feat_lens.sum())}), flush=True)
+            frames = batch.shape[1] if args.workload == "decode" else int(batch.feat_lens.sum())
+            print(json.dumps({"s": time.perf_counter() - start, "frames": frames}), flush=True)
 
 
 # --- the side-by-side run ----------------------------------------------------------
@@ -138,7 +158,7 @@ def worktree(rev: str, into: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--revs", default="HEAD", help="comma-separated git revisions, oldest first (default HEAD)")
-    parser.add_argument("--workload", choices=["quickstart", "peer"], default="quickstart")
+    parser.add_argument("--workload", choices=["quickstart", "peer", "decode"], default="quickstart")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--recipe", help="one recipe file for every revision (default: each tree's own recipe of "
                                          "the workload), so that a comparison across revisions is of code alone")
@@ -178,9 +198,11 @@ def main() -> None:
                 if tree != ROOT:
                     subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
     base = workers[0].frames_per_s()
-    print(f"\n{'revision/precision':<24}{'frames/s':>10}{'vs first':>10}")
+    rate = "utt/s" if args.workload == "decode" else "frames/s"
+    per_unit = workers[0].records[0]["frames"] if args.workload == "decode" else 1  # frames an utterance
+    print(f"\n{'revision/precision':<24}{rate:>10}{'vs first':>10}")
     for w in workers:
-        print(f"{w.name:<24}{w.frames_per_s():>10.0f}{w.frames_per_s() / base:>9.2f}x")
+        print(f"{w.name:<24}{w.frames_per_s() / per_unit:>10.{2 if per_unit > 1 else 0}f}{w.frames_per_s() / base:>9.2f}x")
 
 
 if __name__ == "__main__":
