@@ -1,5 +1,5 @@
 """Language models for shallow fusion: the protocol beam search talks to, and a token
-bigram that works with no training run.
+n-gram that works with no training run.
 
 Beam search adds ``lm_weight * log P_lm(token | prefix)`` to each candidate. An LM scorer
 is built with the run's tokenizer (its vocabulary must be the ASR model's), so every
@@ -35,47 +35,83 @@ class LMScorer(Protocol):
     def select(self, state: Any, index: torch.Tensor) -> Any: ...
 
 
-class BigramLM:
-    """log P(b | a) with add-k smoothing over the whole vocabulary; sentences are
-    <sos> w1 ... wn <eos>. The previous token is all the state there is, and beam
-    search hands it in as ``tokens_last``, so the state is empty."""
+class NGramLM:
+    """A token n-gram: log P(w | the last order - 1 tokens) with add-k smoothing over the
+    whole vocabulary, counted from sentences <sos> w1 ... wn <eos> (the context before w1
+    padded with <sos>). A context never seen backs off to its longest seen suffix, down to
+    the unigram. Over a small vocabulary of words (digits, commands) a high order spells
+    out the lexicon: after T H R E, <eos> is as unlikely as the text made it.
 
-    def __init__(self, log_probs: torch.Tensor):
-        self.log_probs = log_probs  # (V, V): row = previous token
+    The state of each hypothesis is its last order - 2 tokens; beam search hands in the
+    newest one as ``tokens_last``. Distributions are built on first use per context and
+    kept (a vocabulary-sized row each)."""
+
+    def __init__(self, counts: dict[tuple[int, ...], dict[int, int]], order: int, vocab_size: int, k: float):
+        self.counts, self.order, self.vocab_size, self.k = counts, order, vocab_size, k
+        self.totals = {ctx: sum(nxt.values()) for ctx, nxt in counts.items()}
+        self.rows: dict[tuple[int, ...], torch.Tensor] = {}
 
     @classmethod
-    def train(cls, sentences: list[list[int]], vocab_size: int, k: float = 1.0) -> "BigramLM":
-        counts = torch.zeros(vocab_size, vocab_size, dtype=torch.float64)
+    def train(cls, sentences: list[list[int]], vocab_size: int, k: float = 1.0, order: int = 2) -> "NGramLM":
+        counts: dict[tuple[int, ...], dict[int, int]] = {}
         for ids in sentences:
-            seq = torch.tensor([SOS, *ids, EOS])
-            counts.index_put_((seq[:-1], seq[1:]), torch.ones(len(seq) - 1, dtype=torch.float64), accumulate=True)
-        smoothed = counts + k
-        return cls((smoothed / smoothed.sum(1, keepdim=True)).log().float())
+            seq = [SOS] * (order - 1) + [*ids, EOS]
+            for i in range(order - 1, len(seq)):
+                for m in range(order):  # every context length, for the back-off
+                    following = counts.setdefault(tuple(seq[i - m : i]), {})
+                    following[seq[i]] = following.get(seq[i], 0) + 1
+        return cls(counts, order, vocab_size, k)
 
-    def init_state(self, batch: int) -> None:
-        return None
+    def context_of(self, history: list[int]) -> tuple[int, ...]:
+        """The longest suffix of ``history`` (order - 1 tokens at most) that the text had."""
+        for m in range(min(self.order - 1, len(history)), 0, -1):
+            if tuple(history[-m:]) in self.counts:
+                return tuple(history[-m:])
+        return ()
 
-    def score(self, tokens_last: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
-        if self.log_probs.device != tokens_last.device:
-            self.log_probs = self.log_probs.to(tokens_last.device)
-        return self.log_probs.index_select(0, tokens_last), None
+    def row(self, context: tuple[int, ...]) -> torch.Tensor:
+        """log P(. | context), (V,), for a context the text had."""
+        if context not in self.rows:
+            denominator = self.totals[context] + self.k * self.vocab_size
+            row = torch.full((self.vocab_size,), self.k / denominator, dtype=torch.float64)
+            following = self.counts[context]
+            row[list(following)] = (torch.tensor(list(following.values()), dtype=torch.float64) + self.k) / denominator
+            self.rows[context] = row.log().float()
+        return self.rows[context]
 
-    def select(self, state: None, index: torch.Tensor) -> None:
-        return None
+    def init_state(self, batch: int) -> torch.Tensor:
+        return torch.full((batch, max(self.order - 2, 0)), SOS, dtype=torch.long)
+
+    def score(self, tokens_last: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        history = torch.cat([state.to(tokens_last.device), tokens_last[:, None]], dim=1)  # (N, order - 1)
+        rows = torch.stack([self.row(self.context_of(h)) for h in history.tolist()])
+        return rows.to(tokens_last.device), history[:, 1:]
+
+    def select(self, state: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return state.index_select(0, index.to(state.device))
+
+    def sequence_log_prob(self, tokens: list[int]) -> float:
+        """log P(tokens | <sos>): what fusion adds up over them."""
+        history = [SOS] * (self.order - 1)
+        total = 0.0
+        for tok in tokens:
+            total += float(self.row(self.context_of(history))[tok])
+            history.append(tok)
+        return total
 
     def sentence_log_prob(self, ids: list[int]) -> float:
         """log P(<sos> ids <eos>): what fusion adds up over a finished hypothesis."""
-        seq = [SOS, *ids, EOS]
-        return sum(float(self.log_probs[a, b]) for a, b in zip(seq[:-1], seq[1:]))
+        return self.sequence_log_prob([*ids, EOS])
 
 
 @registry.lm_scorers.register("ngram")
 def ngram(
     tokenizer: Runtime[Any],
     text: str,
+    order: Annotated[int, Field(ge=1, le=12)] = 2,
     k: Annotated[float, Field(gt=0.0)] = 1.0,
-) -> BigramLM:
-    """Token bigram with add-k smoothing, counted from a text file (one sentence a line)."""
+) -> NGramLM:
+    """Token n-gram (order 2: a bigram) with add-k smoothing and back-off, counted from a text file (one sentence a line)."""
     path = Path(text)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -84,5 +120,4 @@ def ngram(
     sentences = [tokenizer.encode(line.strip()) for line in lines if line.strip()]
     if not sentences:
         raise ValueError(f"decode.lm.text: {path} holds no sentences")
-    return BigramLM.train(sentences, tokenizer.vocab_size, k)
-
+    return NGramLM.train(sentences, tokenizer.vocab_size, k, order)

@@ -14,7 +14,7 @@ from speechforge.data.tokenizers import BLANK, EOS, SOS, CharTokenizer
 from speechforge.decode.beam import beam_search, best_reachable
 from speechforge.decode.ctc import ctc_prefix_beam_search
 from speechforge.decode.greedy import greedy_search
-from speechforge.decode.lm_fusion import BigramLM, LMScorer
+from speechforge.decode.lm_fusion import LMScorer, NGramLM
 from speechforge.recipe import RecipeError, validate_component
 
 V = 7  # the five specials, then two letters
@@ -45,15 +45,15 @@ def random_enc(lens: list[int], d_model: int = 16, seed: int = 1, dtype=torch.fl
     return torch.randn(len(lens), max(lens), d_model, generator=g, dtype=dtype) * 2, torch.tensor(lens)
 
 
-def bigram(sentences: list[str], k: float = 0.5) -> BigramLM:
+def ngram(sentences: list[str], k: float = 0.5, order: int = 2) -> NGramLM:
     tok = CharTokenizer("ab")
-    return BigramLM.train([tok.encode(s) for s in sentences], tok.vocab_size, k)
+    return NGramLM.train([tok.encode(s) for s in sentences], tok.vocab_size, k, order)
 
 
 def exhaustive(model, enc_out, enc_lens, max_len: int, nbest: int, temperature=1.0, repeat_penalty=1.0,
                length_penalty=0.0, length_bonus=0.0, ctc_weight=0.0, lm=None, lm_weight=0.0):
     """Score every token sequence up to max_len (one utterance) from the uncached decoder,
-    torch's CTC loss and the bigram table; return the n-best (score, tokens)."""
+    torch's CTC loss and the n-gram's own sums; return the n-best (score, tokens)."""
     tokens = [t for t in range(V) if t != EOS]
     att_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
@@ -84,8 +84,7 @@ def exhaustive(model, enc_out, enc_lens, max_len: int, nbest: int, temperature=1
                                  blank=BLANK, reduction="none")
                 total += ctc_weight * -float(nll)
             if lm is not None:
-                seq = [SOS, *targets]
-                total += lm_weight * sum(float(lm.log_probs[a, b]) for a, b in zip(seq[:-1], seq[1:]))
+                total += lm_weight * lm.sequence_log_prob(targets)
             if math.isfinite(total):
                 scored.append((total / ((5 + length) / 6) ** length_penalty, list(y)))
     return sorted(scored, reverse=True)[:nbest]
@@ -121,8 +120,9 @@ def test_beam_of_one_equals_greedy():
     {},
     {"temperature": 1.7, "repeat_penalty": 1.5},
     {"length_penalty": 1.0, "length_bonus": 0.5},
-    {"lm": bigram(["ab", "abab", "bba"]), "lm_weight": 0.8},
-], ids=["plain", "temperature-repeat", "length", "lm"])
+    {"lm": ngram(["ab", "abab", "bba"]), "lm_weight": 0.8},
+    {"lm": ngram(["ab", "abab", "bba", "aab"], order=3), "lm_weight": 0.8},
+], ids=["plain", "temperature-repeat", "length", "lm", "lm-trigram"])
 def test_wide_beam_equals_exhaustive_search(options):
     model = tiny_model()
     enc_out, enc_lens = random_enc([6])
@@ -167,7 +167,7 @@ def test_batched_results_equal_one_at_a_time():
     model = tiny_model()
     lens = [11, 4, 7]
     enc_out, enc_lens = random_enc(lens)
-    options = dict(beam_size=4, nbest=3, ctc_weight=0.3, lm=bigram(["ab", "ba", "aab"]), lm_weight=0.5,
+    options = dict(beam_size=4, nbest=3, ctc_weight=0.3, lm=ngram(["ab", "ba", "aab"], order=3), lm_weight=0.5,
                    length_bonus=0.2, repeat_penalty=1.2)
     batched = beam_search(model, enc_out, enc_lens, **options)
     for i, n in enumerate(lens):
@@ -216,6 +216,22 @@ def test_lm_fusion_changes_the_ranking(tmp_path):
     fused = decoder(model, enc_out, enc_lens)[0][0].tokens
     assert plain != [5, 6]
     assert fused == [5, 6]
+
+
+def test_ngram_counts_with_add_k_and_backs_off_to_the_longest_seen_context():
+    a, b = 5, 6  # CharTokenizer("ab")
+    lm = ngram(["ab", "ab", "ab", "aab"], k=0.5, order=3)
+    state = lm.init_state(2)
+    first, state = lm.score(torch.tensor([SOS, SOS]), state)
+    log_p, state = lm.score(torch.tensor([a, b]), state)
+    # after <sos> a: b three times, a once; add-k over the 7 tokens
+    assert math.exp(log_p[0, b]) == pytest.approx((3 + 0.5) / (4 + 0.5 * V))
+    # <sos> b never began a sentence: back off to "b", always followed by <eos>
+    assert math.exp(log_p[1, EOS]) == pytest.approx((4 + 0.5) / (4 + 0.5 * V))
+    assert torch.allclose(log_p.double().exp().sum(1), torch.ones(2, dtype=torch.float64))
+    assert math.exp(first[0, a]) == pytest.approx((4 + 0.5) / (4 + 0.5 * V))
+    assert lm.sentence_log_prob([a, b]) == pytest.approx(float(first[0, a] + log_p[0, b]) + math.log(
+        (4 + 0.5) / (4 + 0.5 * V)), abs=1e-6)  # then <eos> after a b: every one of the 4 times
 
 
 def test_recipe_rejects_out_of_range_options():
