@@ -172,6 +172,12 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=No
         results[role] = res
         rates = f"CER {res['cer']:.4f} WER {res['wer']:.4f}" if "cer" in res else "no references"
         log(f"decode {tag} {role}: {res['utterances']} utterances, {rates}")
+        capped = sum(bool(r.get("at_cap")) for r in records)
+        if capped:
+            # short utterances of long words: one token per encoder frame can be too few
+            log(f"decode {tag} {role}: {capped} of {len(records)} hypotheses stopped at the length cap "
+                f"(decode.max_len_ratio x encoder frames, or decode.max_len) without <eos>, maybe cut short; "
+                f"raise decode.max_len_ratio or decode.max_len if they are")
     if state.is_main_process and results:  # no split to decode (dev and test both null): no folder
         (folder / "metrics.json").write_text(json.dumps(
             {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision), **results}, indent=2))

@@ -239,6 +239,12 @@ class BeamDecoder:
                                "call decoder.bind(tokenizer) first")
         return beam_search(model, enc_out, enc_lens, lm=self.lm, **self.options)
 
+    def length_caps(self, enc_lens: torch.Tensor) -> torch.Tensor:
+        """The most tokens each utterance's hypotheses may have (they stop there without <eos>)."""
+        if self.options["force_length"] is not None:
+            return torch.full_like(enc_lens, self.options["force_length"])
+        return max_lengths(enc_lens, self.options["max_len_ratio"], self.options["max_len"])
+
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 

@@ -56,6 +56,10 @@ class GreedyDecoder:
     def __call__(self, model, enc_out: torch.Tensor, enc_lens: torch.Tensor) -> list[list[Hypothesis]]:
         return greedy_search(model, enc_out, enc_lens, self.max_len_ratio, self.max_len, self.use_cache)
 
+    def length_caps(self, enc_lens: torch.Tensor) -> torch.Tensor:
+        """The most tokens each utterance's hypothesis may have (it stops there without <eos>)."""
+        return max_lengths(enc_lens, self.max_len_ratio, self.max_len)
+
 
 @registry.decoders.register("greedy")
 def greedy(

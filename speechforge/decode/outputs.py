@@ -21,9 +21,10 @@ def decode_batches(
     model, batches: Iterable[Batch], decoder: Callable, tokenizer: Tokenizer, device: torch.device,
     precision: str = "no",
 ) -> list[dict[str, Any]]:
-    """One record per utterance: id, reference (or None), best hypothesis, n-best with scores.
-    ``precision`` (resolved, as speechforge.precision gives it) is the forward passes'; the
-    decoders keep their scores in fp32 or fp64 whatever it is."""
+    """One record per utterance: id, reference (or None), best hypothesis, n-best with scores,
+    and ``at_cap`` where the decoder has a length cap (``length_caps``) and the best hypothesis
+    stopped there without <eos>. ``precision`` (resolved, as speechforge.precision gives it) is
+    the forward passes'; the decoders keep their scores in fp32 or fp64 whatever it is."""
     from speechforge.precision import autocast
 
     records = []
@@ -37,12 +38,16 @@ def decode_batches(
         with autocast(precision, device):
             enc_out, enc_lens = model.encode(batch.feats, batch.feat_lens)
             hyps = decoder(model, enc_out, enc_lens)
-        for utt, ref, nbest in zip(batch.ids, batch.texts, hyps):
+        caps = decoder.length_caps(enc_lens).tolist() if hasattr(decoder, "length_caps") else [None] * len(hyps)
+        for utt, ref, nbest, cap in zip(batch.ids, batch.texts, hyps, caps):
             texts = [tokenizer.decode(h.tokens) for h in nbest]
-            records.append({
+            record = {
                 "id": utt, "ref": ref, "hyp": texts[0],
                 "nbest": [{"text": t, "score": round(h.score, 4)} for t, h in zip(texts, nbest)],
-            })
+            }
+            if cap is not None:
+                record["at_cap"] = len(nbest[0].tokens) >= cap
+            records.append(record)
     return sorted(records, key=lambda r: r["id"])
 
 

@@ -234,6 +234,27 @@ def test_ngram_counts_with_add_k_and_backs_off_to_the_longest_seen_context():
         (4 + 0.5) / (4 + 0.5 * V)), abs=1e-6)  # then <eos> after a b: every one of the 4 times
 
 
+def test_decoding_marks_hypotheses_that_stopped_at_the_length_cap():
+    from speechforge.data.batching import collate
+    from speechforge.decode.outputs import decode_batches
+
+    model = tiny_model(dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    batch = collate([{"id": f"u{i}", "feats": torch.randn(n, 8, generator=g), "text": "ab"} for i, n in enumerate([40, 24])])
+    tok = CharTokenizer("ab")
+
+    def records(section):
+        decoder = validate_component("decoders", section, "decode").build()
+        return decode_batches(model, [batch], decoder, tok, torch.device("cpu"))
+
+    assert [r["at_cap"] for r in records({"name": "beam", "beam_size": 2, "force_length": 3})] == [True, True]
+    # one token at most: a hypothesis that has it stopped at the cap, an empty one ended with <eos>
+    with torch.no_grad():
+        hyps = greedy_search(model, *model.encode(batch.feats, batch.feat_lens), max_len=1)
+    assert [r["at_cap"] for r in records({"name": "greedy", "max_len": 1})] == [len(h[0].tokens) == 1 for h in hyps]
+    assert "at_cap" not in records({"name": "ctc_greedy"})[0]
+
+
 def test_recipe_rejects_out_of_range_options():
     for bad, key in [({"ctc_weight": 1.5}, "ctc_weight"), ({"beam_size": 0}, "beam_size")]:
         with pytest.raises(RecipeError) as e:
