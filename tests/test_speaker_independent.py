@@ -42,3 +42,45 @@ def test_the_digit_recipe_validates_as_a_user_gets_it(tmp_path, monkeypatch):
     recipe = recipe_mod.load(REPO / "recipes" / "fsdd_digits.toml")
     assert recipe.data.name == "mix" and counts == {"train": 2000, "dev": 250, "test": 250}
     assert json.loads((tmp_path / "data" / "fsdd" / "dev.jsonl").read_text().splitlines()[0])["text"] == "ZERO"
+
+
+def _vote_module():
+    spec = importlib.util.spec_from_file_location("speaker_vote", REPO / "benchmarks" / "speaker_vote.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _take(utt, hyp, score, ref="SIX"):
+    return {"id": utt, "ref": ref, "hyp": hyp, "nbest": [{"text": hyp, "score": score}]}
+
+
+def test_a_vote_takes_the_word_most_runs_gave_and_breaks_ties_by_summed_score():
+    vote = _vote_module().vote
+    runs = [[_take("a", "SIX", -0.1), _take("b", "SEVEN", -0.2)],
+            [_take("a", "SEVEN", -0.1), _take("b", "SIX", -0.9)],
+            [_take("a", "SIX", -0.5)]]
+    assert [r["hyp"] for r in vote([runs[0][:1], runs[1][:1], runs[2]])] == ["SIX"]  # two runs to one
+    # one run each: SEVEN's -0.2 beats SIX's -0.9
+    assert vote([runs[0][1:], runs[1][1:]]) == [{"id": "b", "ref": "SIX", "hyp": "SEVEN"}]
+
+
+def test_a_vote_refuses_runs_that_decoded_different_takes():
+    vote = _vote_module().vote
+    with pytest.raises(SystemExit, match="different takes"):
+        vote([[_take("a", "SIX", 0.0)], [_take("b", "SIX", 0.0)]])
+
+
+def test_the_vote_script_reads_each_speakers_decoded_takes(tmp_path, capsys):
+    module = _vote_module()
+    folders = []
+    for n, hyps in enumerate([["SIX", "SIX"], ["SIX", "SEVEN"], ["EIGHT", "SEVEN"]]):
+        run = tmp_path / f"seed{n}" / "theo" / "decode" / module.DEFAULT_TAG
+        run.mkdir(parents=True)
+        lines = [_take(f"theo-6-0{i}", hyp, -0.1) for i, hyp in enumerate(hyps)]
+        (run / "test.hyps.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        folders.append(str(tmp_path / f"seed{n}"))
+    assert module.main(folders) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[-1] == "| vote of 3 | 0.500 | **0.500** |"  # SIX wins take 0, SEVEN take 1
+    assert rows[2].endswith("| 0.000 | **0.000** |") and rows[4].endswith("| 1.000 | **1.000** |")
