@@ -47,8 +47,9 @@ def vote(runs: list[list[dict]]) -> list[dict]:
 
 
 def word_error_rate(records: list[dict]) -> float:
-    """Each take is one digit word, so WER is the share of takes whose word is wrong."""
-    return sum(r["hyp"] != r["ref"] for r in records) / len(records)
+    from speechforge.metrics import wer
+
+    return wer([r["ref"] for r in records], [r["hyp"] for r in records])
 
 
 def main(argv: list[str] | None = None) -> int:
