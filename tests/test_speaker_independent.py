@@ -14,11 +14,16 @@ from tests.conftest import FSDD, REPO
 RECIPES = sorted((REPO / "recipes" / "speaker_independent").glob("*.toml"))
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("speaker_independent", REPO / "benchmarks" / "speaker_independent.py")
+def _script(name: str):
+    """A script of benchmarks/ as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _benchmark():
+    return _script("speaker_independent")
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -45,10 +50,7 @@ def test_the_digit_recipe_validates_as_a_user_gets_it(tmp_path, monkeypatch):
 
 
 def _vote_module():
-    spec = importlib.util.spec_from_file_location("speaker_vote", REPO / "benchmarks" / "speaker_vote.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("speaker_vote")
 
 
 def _take(utt, hyp, score, ref="SIX"):
