@@ -26,7 +26,7 @@ from speechforge.data.corpus import check_encodable
 from speechforge.data.errors import DataError
 from speechforge.data import normalization
 from speechforge.data.normalization import Normalizer
-from speechforge.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
+from speechforge.data.tokenizers import FrozenTokenizer, Tokenizer, TokenizerError, load_tokenizer
 from speechforge.model.transformer import count_parameters
 from speechforge.recipe import Recipe, RecipeError
 
@@ -151,6 +151,11 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
     tok_dir = run_dir / "tokenizer"
     if (tok_dir / "tokenizer.json").exists() and not dry:
         tokenizer = load_tokenizer(tok_dir)
+    elif recipe.init is not None and recipe.init.asr_run is not None:
+        # the output layer's rows are the pretrained run's token ids: keep them
+        tokenizer = FrozenTokenizer(load_tokenizer(Path(recipe.init.asr_run) / "tokenizer"))
+        notes.append(f"tokenizer: {recipe.init.asr_run}'s ({tokenizer.kind}, {tokenizer.vocab_size} tokens), "
+                     "as init.asr_run asks; [tokenizer] is not used")
     elif train_split is not None:
         try:
             tokenizer.fit([u.text for u in train_split.utterances])

@@ -84,8 +84,10 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
         + (" (resuming)" if resuming else ""))
 
     optimizer_spec = recipe.optimizer
-    if recipe.init is not None:
+    if recipe.init is not None and recipe.init.lm_run is not None:
         optimizer_spec = init_from_lm(exp, recipe, run_dir, log, state.is_main_process)
+    elif recipe.init is not None and not resuming:  # a resumed run's checkpoint holds newer weights
+        init_from_asr(exp.model, recipe.init.asr_run, log)
     trainer = recipe.trainer.build()
     loss_fn = recipe.loss.build()
     optimizer = optimizer_spec.build(model=exp.model)
@@ -109,6 +111,26 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
 
 def _silent(msg: str) -> None:
     pass
+
+
+def init_from_asr(model: torch.nn.Module, asr_run: str, log: Log) -> None:
+    """Every tensor of the model from a trained ASR run's best weights, which must be
+    the same model: names and shapes are all checked before anything is copied."""
+    source = experiment.load_weights(Path(asr_run))
+    target = model.state_dict()
+    problems = [f"{name}: the run has {tuple(source[name].shape)}, this recipe builds {tuple(t.shape)}"
+                for name, t in target.items() if name in source and source[name].shape != t.shape]
+    missing = [name for name in target if name not in source]
+    unused = [name for name in source if name not in target]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the run does not have, e.g. {missing[0]}")
+    if unused:
+        problems.append(f"{len(unused)} tensor(s) of the run this model has no place for, e.g. {unused[0]}")
+    if problems:
+        raise RecipeError([("init.asr_run", f"{asr_run} holds another model ({'; '.join(problems[:3])}); "
+                            "give this recipe the run's [model] section")])
+    model.load_state_dict(source)
+    log(f"init: {len(target)} tensors ({count_parameters(model):,} parameters) from {asr_run}")
 
 
 def init_from_lm(exp, recipe: Recipe, run_dir: Path, log: Log, main: bool):

@@ -255,20 +255,36 @@ def validate_component(kind: str, section: Any, path: str) -> Spec:
 
 
 class InitSection(BaseModel):
-    """[init]: start the ASR decoder from a trained language model run."""
+    """[init]: start from trained weights: the whole model from an ASR run (``asr_run``,
+    ESPnet's ``--init_param``), or the decoder from a language model run (``lm_run``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    lm_run: str
-    freeze_epochs: Annotated[int, Field(ge=0)] = 1  # stage 1: transferred weights frozen
-    lr_scale: Annotated[float, Field(gt=0.0)] = 0.1  # stage 2: their learning-rate multiplier
+    asr_run: str | None = None  # every tensor, and the run's tokenizer
+    lm_run: str | None = None
+    freeze_epochs: Annotated[int, Field(ge=0)] | None = None  # lm_run, stage 1: transferred weights frozen (1)
+    lr_scale: Annotated[float, Field(gt=0.0)] | None = None  # lm_run, stage 2: their learning-rate multiplier (0.1)
 
-    @pydantic.field_validator("lm_run")
+    @pydantic.field_validator("asr_run", "lm_run")
     @classmethod
-    def _is_run(cls, value: str) -> str:
-        if not (Path(value) / "recipe.toml").exists():
+    def _is_run(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value) / "recipe.toml").exists():
             raise ValueError(f"{value!r} is not a trained run directory (no recipe.toml); train it with speechforge run first")
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> "InitSection":
+        if (self.asr_run is None) == (self.lm_run is None):
+            raise ValueError("give one of asr_run (the whole model) or lm_run (the decoder)")
+        if self.asr_run is not None:
+            if self.freeze_epochs or self.lr_scale is not None:
+                raise ValueError("freeze_epochs and lr_scale apply to lm_run: an ASR run's weights are the whole "
+                                 "model, fine-tuned at the optimizer's learning rate")
+            self.freeze_epochs = 0
+        else:
+            self.freeze_epochs = 1 if self.freeze_epochs is None else self.freeze_epochs
+            self.lr_scale = 0.1 if self.lr_scale is None else self.lr_scale
+        return self
 
 
 class StageSection(BaseModel):

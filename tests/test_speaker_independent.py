@@ -11,7 +11,8 @@ import pytest
 from speechforge import recipe as recipe_mod
 from tests.conftest import FSDD, REPO
 
-RECIPES = sorted((REPO / "recipes" / "speaker_independent").glob("*.toml"))
+# the fold recipes; pretrain_synth.toml hears no FSDD speaker (benchmark --pretrain trains it)
+RECIPES = sorted(p for p in (REPO / "recipes" / "speaker_independent").glob("*.toml") if p.stem != "pretrain_synth")
 
 
 def _script(name: str):
@@ -29,7 +30,12 @@ def _benchmark():
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_a_fold_points_every_recipes_real_corpus_at_its_manifests(path, tmp_path):
     (tmp_path / "train.jsonl").write_text("")
-    recipe = _benchmark().fold_recipe(path, tmp_path, tmp_path / "features", ["trainer.epochs=1"])
+    overrides = ["trainer.epochs=1"]
+    if "init" in recipe_mod.read_toml(path):  # the pretrained run --pretrain would make
+        (tmp_path / "pre").mkdir()
+        (tmp_path / "pre" / "recipe.toml").write_text("")
+        overrides.append(f"init.asr_run={tmp_path / 'pre'}")
+    recipe = _benchmark().fold_recipe(path, tmp_path, tmp_path / "features", overrides)
     data = recipe.data
     real = [c for c in data.args["corpora"] if c.name == "jsonl"] if data.name == "mix" else [data]
     assert len(real) == 1
@@ -47,6 +53,19 @@ def test_the_digit_recipe_validates_as_a_user_gets_it(tmp_path, monkeypatch):
     recipe = recipe_mod.load(REPO / "recipes" / "fsdd_digits.toml")
     assert recipe.data.name == "mix" and counts == {"train": 2000, "dev": 250, "test": 250}
     assert json.loads((tmp_path / "data" / "fsdd" / "dev.jsonl").read_text().splitlines()[0])["text"] == "ZERO"
+
+
+def test_a_finished_pretraining_of_the_same_recipe_is_reused_and_its_time_counted(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    recipe_path = REPO / "recipes" / "speaker_independent" / "pretrain_synth.toml"
+    args = SimpleNamespace(work=tmp_path, overrides_pretrain=[], verbose=False)
+    run_dir = tmp_path / "pretrain" / "pretrain_synth"
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.toml").write_text(recipe_mod.dumps(recipe_mod.load(recipe_path).to_dict()))  # as a run saves it
+    (run_dir / "summary.json").write_text(json.dumps({"seconds": 251.5}))
+    assert _benchmark().pretrain(recipe_path, args) == (run_dir, 251.5)
+    assert "reusing" in capsys.readouterr().out
 
 
 def _vote_module():

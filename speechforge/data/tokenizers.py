@@ -214,3 +214,39 @@ def bpe(
 ) -> BPETokenizer:
     """sentencepiece BPE (or unigram) trained on the training transcripts."""
     return BPETokenizer(vocab_size, model_type, character_coverage)
+
+
+class FrozenTokenizer(Tokenizer):
+    """A trained tokenizer that ``fit`` leaves as it is, so a run trained on other
+    transcripts keeps the ids of the run it came from (an LM, or a pretrained ASR
+    model). It saves as the tokenizer it wraps."""
+
+    def __init__(self, inner: Tokenizer):
+        self.inner = inner
+        self.kind = inner.kind
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
+    @property
+    def trained(self) -> bool:
+        return True
+
+    def fit(self, texts: list[str]) -> None:
+        pass
+
+    def encode(self, text: str) -> list[int]:
+        return self.inner.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.inner.decode(ids)
+
+    def unencodable(self, text: str) -> str | None:
+        return self.inner.unencodable(text)
+
+    def save(self, directory: Path) -> None:
+        self.inner.save(directory)
+
+    def load(self, directory: Path) -> None:
+        self.inner = load_tokenizer(directory)

@@ -20,7 +20,7 @@ from torch import nn
 
 from speechforge import recipe as recipe_mod, registry
 from speechforge.data.errors import DataError
-from speechforge.data.tokenizers import SPECIALS, BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
+from speechforge.data.tokenizers import SPECIALS, BPETokenizer, CharTokenizer, FrozenTokenizer, Tokenizer, load_tokenizer
 from speechforge.lm.model import TransformerLM
 
 
@@ -143,41 +143,6 @@ def transfer_decoder(asr_model: nn.Module, lm_run_dir: str | Path, tokenizer: To
             raise TransferError(f"{lm_run_dir}: the LM's tokenizer is not the ASR model's ({reason}); "
                                 "train the ASR model with tokenizer.name = \"lm_run\"")
     return copy_decoder_weights(asr_model, lm.state_dict())
-
-
-class FrozenTokenizer(Tokenizer):
-    """A trained tokenizer that ``fit`` leaves as it is, so an ASR run trained on other
-    transcripts keeps the LM's ids. It saves as the tokenizer it wraps."""
-
-    def __init__(self, inner: Tokenizer):
-        self.inner = inner
-        self.kind = inner.kind
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    @property
-    def trained(self) -> bool:
-        return True
-
-    def fit(self, texts: list[str]) -> None:
-        pass
-
-    def encode(self, text: str) -> list[int]:
-        return self.inner.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.inner.decode(ids)
-
-    def unencodable(self, text: str) -> str | None:
-        return self.inner.unencodable(text)
-
-    def save(self, directory: Path) -> None:
-        self.inner.save(directory)
-
-    def load(self, directory: Path) -> None:
-        self.inner = load_tokenizer(directory)
 
 
 @registry.tokenizers.register("lm_run")

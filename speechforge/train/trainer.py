@@ -145,7 +145,7 @@ class AccelerateTrainer(TrainingLoop):
         if cfg["deterministic"]:
             torch.use_deterministic_algorithms(True)
         set_seed(seed)
-        staged = bool(exp.recipe.stages) or exp.recipe.init is not None
+        staged = bool(exp.recipe.stages) or (exp.recipe.init is not None and exp.recipe.init.lm_run is not None)
         acc = Accelerator(
             # stages change which parameters get gradients: DDP must be told to expect that
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if staged else None,
@@ -223,7 +223,7 @@ class AccelerateTrainer(TrainingLoop):
                 stage = stages[counters["stage"]]
                 frozen_names = set(exp.transferred) if exp.recipe.init and epoch < exp.recipe.init.freeze_epochs else set()
                 info = apply_stage(core, stage, loss_fn, augment_on, frozen_names)
-                if exp.recipe.init and epoch == exp.recipe.init.freeze_epochs and start_batch == 0:
+                if exp.transferred and epoch == exp.recipe.init.freeze_epochs and start_batch == 0:
                     log(f"init: epoch {epoch + 1}: the {len(exp.transferred)} transferred tensors are unfrozen, at "
                         f"{exp.recipe.init.lr_scale} x the learning rate; {info['frozen_parameters']:,} parameters frozen")
                     write_metrics({"step": step, "epoch": epoch + 1, "init_unfrozen": len(exp.transferred)})
