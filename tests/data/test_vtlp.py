@@ -143,3 +143,44 @@ def test_mel_warp_acts_on_batches_so_a_mix_can_name_it_for_every_corpus():
     with pytest.raises(RecipeError) as err:
         validate_component("augmentations", {"name": "mel_warp", "warp": [1.2, 0.8]}, "data.augment[0]")
     assert err.value.problems[0][0] == "data.augment[0].warp"
+
+
+class _Louder:
+    """A waveform augmentation that scales the samples in place."""
+
+    domain = "waveform"
+
+    def __call__(self, wav, sample_rate, rng):
+        wav *= 2.0
+        return wav
+
+
+def test_recordings_are_read_once_and_augmentations_cannot_change_the_kept_copy(tmp_path, monkeypatch):
+    import soundfile
+
+    import speechforge.data.features as features
+
+    path = tmp_path / "take.wav"
+    soundfile.write(path, np.random.default_rng(0).standard_normal(4000).astype(np.float32) * 0.1, 8000)
+    reads = []
+    real_read = features.read_audio
+    monkeypatch.setattr(features, "read_audio", lambda p, rate: reads.append(p) or real_read(p, rate))
+    front_end = OnTheFlyFeatures([_Louder(), VTLP((1.0, 1.0))], 16000, 80)
+    first, second = front_end(path), front_end(path)
+    assert len(reads) == 1  # the second epoch's read came from memory, resampled already
+    np.testing.assert_array_equal(first, second)  # doubled once each time, not twice
+    assert front_end.recording(path).tobytes() == real_read(path, 16000).tobytes()
+
+
+def test_the_recording_cache_stops_at_its_byte_budget(tmp_path):
+    import soundfile
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"take{i}.wav")
+        soundfile.write(paths[-1], np.zeros(1600, dtype=np.float32), 16000)
+    front_end = OnTheFlyFeatures([], 16000, 80)
+    front_end.cache_bytes = 2 * 1600 * 4  # two recordings' float32 samples
+    for p in paths:
+        front_end.recording(p)
+    assert list(front_end._recordings) == paths[:2] and front_end._cached == 2 * 1600 * 4
