@@ -257,6 +257,7 @@ def open_run(run_dir: Path, overrides: list[str] | None = None, weights: str = "
     if not recipe_path.exists():
         raise RecipeError([("", f"{run_dir}: not a run directory (no recipe.toml)")])
     raw = recipe_mod.read_toml(recipe_path)
+    raw.pop("init", None)  # the weights are the run's own now: the run it started from may be gone
     recipe_mod.apply_overrides(raw, list(overrides or []))
     if not need_data:
         _skip_data_checks(raw)

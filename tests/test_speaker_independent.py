@@ -50,6 +50,10 @@ def test_the_digit_recipe_validates_as_a_user_gets_it(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     counts = write_manifests(FSDD, tmp_path / "data" / "fsdd")
+    with pytest.raises(recipe_mod.RecipeError, match="init.asr_run.*train it with speechforge run first"):
+        recipe_mod.load(REPO / "recipes" / "fsdd_digits.toml")  # before the pretraining the README runs first
+    (tmp_path / "runs" / "pretrain_synth").mkdir(parents=True)
+    (tmp_path / "runs" / "pretrain_synth" / "recipe.toml").write_text("")
     recipe = recipe_mod.load(REPO / "recipes" / "fsdd_digits.toml")
     assert recipe.data.name == "mix" and counts == {"train": 2000, "dev": 250, "test": 250}
     assert json.loads((tmp_path / "data" / "fsdd" / "dev.jsonl").read_text().splitlines()[0])["text"] == "ZERO"

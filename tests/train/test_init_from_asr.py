@@ -72,3 +72,14 @@ def test_bad_init_sections_fail_before_any_compute(tiny_recipe, pretrained, tmp_
     with pytest.raises(RecipeError) as err:
         load(tiny_recipe, [o.format(**values) for o in overrides])
     assert "init" in str(err.value) and message in str(err.value)
+
+
+def test_a_fine_tuned_run_decodes_after_its_pretrained_run_is_gone(tiny_recipe, pretrained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "finetune"
+    assert main(["--quiet", "run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", f"init.asr_run={pretrained}",
+                 "--set", "trainer.max_steps=1"]) == 0
+    shutil.rmtree(pretrained)
+    run = experiment.open_run(run_dir)
+    assert run.tokenizer.vocab_size == run.model.vocab_size
