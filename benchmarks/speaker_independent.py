@@ -78,7 +78,8 @@ def pretrain(path: Path, args) -> tuple[Path, float]:
     recipe = recipe_mod.load(path, args.overrides_pretrain)
     run_dir = args.work / "pretrain" / path.stem
     summary = run_dir / "summary.json"
-    if summary.exists() and not pipeline.recipe_differences(recipe_mod.read_toml(run_dir / "recipe.toml"), recipe.to_dict()):
+    # the whole recipe must match, not only what a resumed run checks: other data or epochs make another model
+    if summary.exists() and recipe_mod.validate(recipe_mod.read_toml(run_dir / "recipe.toml")).to_dict() == recipe.to_dict():
         seconds = json.loads(summary.read_text())["seconds"]
         print(f"pretraining {path.stem}: reusing {run_dir} ({seconds:.0f} s when it was trained)", flush=True)
         return run_dir, seconds

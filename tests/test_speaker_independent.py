@@ -72,6 +72,22 @@ def test_a_finished_pretraining_of_the_same_recipe_is_reused_and_its_time_counte
     assert "reusing" in capsys.readouterr().out
 
 
+def test_a_pretraining_made_with_other_settings_is_trained_again(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    recipe_path = REPO / "recipes" / "speaker_independent" / "pretrain_synth.toml"
+    run_dir = tmp_path / "pretrain" / "pretrain_synth"
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.toml").write_text(recipe_mod.dumps(recipe_mod.load(recipe_path, ["trainer.epochs=2"]).to_dict()))
+    (run_dir / "summary.json").write_text(json.dumps({"seconds": 99.0}))
+    benchmark = _benchmark()
+    trained = []
+    monkeypatch.setattr(benchmark.pipeline, "run", lambda recipe, run_dir, **kw: trained.append(recipe) or
+                        {"step": 1, "decode": {"dev": {"cer": 0.5}}})
+    benchmark.pretrain(recipe_path, SimpleNamespace(work=tmp_path, overrides_pretrain=[], verbose=False))
+    assert len(trained) == 1 and trained[0].trainer.args["epochs"] == 5
+
+
 def _vote_module():
     return _script("speaker_vote")
 
