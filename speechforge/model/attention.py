@@ -18,6 +18,11 @@ from speechforge.model.dropout import dropout
 _HALF = (torch.bfloat16, torch.float16)
 
 
+def tracing() -> bool:
+    """An export trace or a compile: the graph keeps the model's own three projections."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def padding_mask(lengths: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """(B,) lengths -> (B, S) bool, True at real (non-padded) positions."""
     max_len = int(lengths.max()) if max_len is None else max_len
@@ -63,6 +68,31 @@ class MultiHeadAttention(nn.Module):
         """Keys and values in head layout; cross-attention computes these once per utterance."""
         return self.split(self.k_proj(key)), self.split(self.v_proj(value))
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Self-attention's queries, keys and values of ``x`` (B, N, D), in head layout.
+
+        Outside autograd the three projections are one product with the weights side by
+        side (held until a weight changes): a decoding step multiplies a few rows, where a
+        call costs more than its arithmetic, and this saves two calls a layer (12 of the 49
+        products of a bpe5k_ctc decoder step; benchmarks/README.md)."""
+        if torch.is_grad_enabled() or tracing():
+            return (self.split(self.q_proj(x)), *self.project_kv(x, x))
+        b, n, d = x.shape
+        qkv = F.linear(x, *self._fused_qkv()).view(b, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
+        return q, k, v
+
+    def _fused_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # keyed on the tensors themselves (held, so never confused with a later one) and
+        # their versions: a search swaps in cast weights, an optimizer step bumps versions
+        params = [t for p in (self.q_proj, self.k_proj, self.v_proj) for t in (p.weight, p.bias)]
+        versions = [t._version for t in params]
+        held = self.__dict__.get("_qkv")
+        if held is None or held[2] != versions or any(a is not b for a, b in zip(held[1], params)):
+            fused = (torch.cat(params[0::2]), torch.cat(params[1::2]))
+            held = self.__dict__["_qkv"] = (fused, params, versions)
+        return held[0]
+
     def forward(
         self,
         query: torch.Tensor,  # (B, L, D)
@@ -73,12 +103,26 @@ class MultiHeadAttention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,  # precomputed (B, H, S, Dh)
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b, length, d = query.shape
-        q = self.split(self.q_proj(query))
-        if kv is None:
-            k, v = self.project_kv(key, value)
+        if kv is not None:
+            q, (k, v) = self.split(self.q_proj(query)), kv
+        elif key is query and value is query:
+            q, k, v = self.project_qkv(query)
         else:
-            k, v = kv
+            q, (k, v) = self.split(self.q_proj(query)), self.project_kv(key, value)
+        return self.attend(q, k, v, key_valid, causal, need_weights)
+
+    def attend(
+        self,
+        q: torch.Tensor,  # (B, H, L, Dh)
+        k: torch.Tensor,  # (B, H, S, Dh)
+        v: torch.Tensor,
+        key_valid: torch.Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention of projected queries over projected keys and values, then the output projection."""
+        b, _, length, _ = q.shape
+        d = self.num_heads * self.head_dim
         p = self.dropout if self.training else 0.0
         # one query at the end of the sequence may see every key: no causal mask needed
         # (bool: under an ONNX trace the length is a tensor; a traced decoder step has one query)

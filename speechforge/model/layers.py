@@ -113,13 +113,13 @@ class DecoderLayer(nn.Module):
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         h = self.norm1(x)
-        k, v = self.self_attn.project_kv(h, h)
+        q, k, v = self.self_attn.project_qkv(h)
         if cache is not None:
             index = cache.pop("index", None)
             if "k" in cache:
                 k, v = grown(cache["k"], k, index), grown(cache["v"], v, index)
             cache["k"], cache["v"] = k, v
-        sa, self_weights = self.self_attn(h, kv=(k, v), causal=True, need_weights=need_weights)
+        sa, self_weights = self.self_attn.attend(q, k, v, causal=True, need_weights=need_weights)
         x = x + self.dropout(sa)
         cross_weights = None
         if self.cross:
