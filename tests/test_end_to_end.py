@@ -68,11 +68,13 @@ def test_plugin_decoder_is_listed_and_used_by_a_run(tiny_recipe, tmp_path, capsy
 
 @pytest.mark.slow
 def test_overfits_two_training_utterances_below_10_percent_cer(tiny_recipe, tmp_path, capsys):
-    """The issue's overfit check (28 utterances, CER below 10%), scaled down to 2."""
+    """The issue's overfit check (28 utterances, CER below 10%), scaled down to 2. With the
+    recipe's cosine decay, not a constant 3e-3: at a constant rate the last step can land on a
+    loss spike, and which one it lands on changes with bf16 rounding (batch shapes included)."""
     run_dir = tmp_path / "run"
     code = run_cli("run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", "data.dev=train-clean-100",
                    "--set", "data.max_utterances=2", "--set", "trainer.epochs=500", "--set", "trainer.validate_every_epochs=500",
-                   "--set", "optimizer.lr=3e-3", "--set", "scheduler.name=constant", "--set", "decode.max_len=250",
+                   "--set", "optimizer.lr=3e-3", "--set", "decode.max_len=250",
                    "--set", "trainer.log_every_steps=100", "--set", "trainer.trackers=[]")
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -22,10 +22,10 @@ from pydantic import AfterValidator, Field
 from torch.utils.data import DataLoader
 
 from speechforge import registry
-from speechforge.data.batching import BucketBatchSampler
+from speechforge.data.batching import TOKEN_STEP, BucketBatchSampler, token_tensors
 from speechforge.data.corpus import OnBadFile, PositiveOrNone, stop_if_bad
 from speechforge.data.errors import DataError
-from speechforge.data.tokenizers import EOS, PAD, SOS, Tokenizer
+from speechforge.data.tokenizers import Tokenizer
 
 ROLES = ("train", "val", "test")
 Case = Literal["keep", "upper", "lower"]
@@ -61,15 +61,7 @@ class LMBatch:
 
 def collate(items: list[tuple[list[int], int]]) -> LMBatch:
     """(token ids, characters) pairs -> one right-padded batch."""
-    width = max(len(ids) for ids, _ in items) + 1
-    tokens_in = torch.full((len(items), width), PAD, dtype=torch.long)
-    tokens_out = torch.full((len(items), width), PAD, dtype=torch.long)
-    for i, (ids, _) in enumerate(items):
-        seq = torch.tensor(ids, dtype=torch.long)
-        tokens_in[i, 0] = SOS
-        tokens_in[i, 1 : len(ids) + 1] = seq
-        tokens_out[i, : len(ids)] = seq
-        tokens_out[i, len(ids)] = EOS
+    tokens_in, tokens_out = token_tensors([ids for ids, _ in items])
     token_lens = torch.tensor([len(ids) + 1 for ids, _ in items])
     char_lens = torch.tensor([chars + 1 for _, chars in items])
     return LMBatch(tokens_in, tokens_out, token_lens, char_lens)
@@ -115,7 +107,7 @@ class TextCorpus:
                seed: int = 0) -> tuple[DataLoader, BucketBatchSampler]:
         items = [(tokenizer.encode(s.text), len(s.text)) for s in self.split(role).sentences]
         sampler = BucketBatchSampler([len(ids) + 1 for ids, _ in items], self.max_tokens, self.batch_size,
-                                     bucketed=True, shuffle=train, seed=seed)
+                                     bucketed=True, shuffle=train, seed=seed, step=TOKEN_STEP)
         return DataLoader(items, batch_sampler=sampler, collate_fn=collate), sampler
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from speechforge import precision
-from speechforge.data.batching import make_batches
+from speechforge.data.batching import FRAME_STEP, TOKEN_STEP, make_batches, padded_length
 from speechforge.data.corpus import Utterance
 from speechforge.data.tokenizers import EOS, SOS, SPECIALS, Tokenizer
 
@@ -63,10 +63,12 @@ def _size(n: int) -> str:
 
 
 def heaviest_batch(lengths: list[int], max_frames: int | None, batch_size: int | None) -> list[int]:
-    """The indices of the batch with the most padded frames (longest x count) among the
-    bucketed batches of a split; of those, the one with the longest utterance."""
+    """The indices of the batch with the most padded frames (longest, rounded up as batches
+    are padded, x count) among the bucketed batches of a split; of those, the one with the
+    longest utterance."""
     batches = make_batches(lengths, max_frames, batch_size, bucketed=True, rng=None)
-    return max(batches, key=lambda b: (len(b) * max(lengths[i] for i in b), max(lengths[i] for i in b)))
+    longest = lambda b: max(lengths[i] for i in b)  # noqa: E731
+    return max(batches, key=lambda b: (len(b) * padded_length(longest(b), FRAME_STEP), longest(b)))
 
 
 def _storage_bytes(tensors, exclude: set[int]) -> int:
@@ -135,8 +137,9 @@ def estimate(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, uttera
     """The estimate for the heaviest batch of a training split; ``mixed_precision`` as resolved
     for the run's device ("no", "bf16", "fp16")."""
     batch = [utterances[i] for i in heaviest_batch([u.num_frames for u in utterances], max_frames, batch_size)]
-    frames = max(u.num_frames for u in batch)
-    tokens = max(len(tokenizer.encode(u.text or "")) for u in batch)
+    # the shapes collate pads the batch to
+    frames = padded_length(max(u.num_frames for u in batch), FRAME_STEP)
+    tokens = padded_length(max(len(tokenizer.encode(u.text or "")) for u in batch) + 1, TOKEN_STEP) - 1
     shape = (frames, tokens, input_dim, tokenizer.vocab_size, mixed_precision)
     one, two = (saved_activation_bytes(model, loss_fn, n, *shape) for n in (1, 2))
     trainable = {id(p): p for p in model.parameters() if p.requires_grad}.values()

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from speechforge.data.batching import BucketBatchSampler, UtteranceDataset, collate, make_batches, padding_fraction
+from speechforge.data.batching import (FRAME_STEP, TOKEN_STEP, BucketBatchSampler, UtteranceDataset, collate, make_batches,
+                                       padded_length, padding_fraction)
 from speechforge.data.corpus import scan_feature_split
 from speechforge.data.normalization import Normalizer
 from speechforge.data.tokenizers import CharTokenizer
@@ -23,7 +24,21 @@ def test_every_batch_stays_within_max_frames_and_every_utterance_is_used_once():
     for bucketed in (True, False):
         batches = make_batches(LENGTHS, 4000, None, bucketed, random.Random(1))
         assert sorted(i for b in batches for i in b) == list(range(len(LENGTHS)))
-        assert all(max(LENGTHS[i] for i in b) * len(b) <= 4000 for b in batches)
+        # the bound counts the length collate pads to
+        assert all(padded_length(max(LENGTHS[i] for i in b), FRAME_STEP) * len(b) <= 4000 for b in batches)
+
+
+def test_collate_pads_frames_and_tokens_in_steps_so_batch_shapes_repeat():
+    items = [{"id": str(n), "feats": torch.ones(n, 2), "text": "x", "tokens": list(range(5, 5 + u))}
+             for n, u in ((70, 3), (97, 20), (33, 1))]
+    batch = collate(items)
+    assert batch.feats.shape == (3, 128, 2) and batch.feat_lens.tolist() == [70, 97, 33]
+    assert int(batch.feats[1, 97:].abs().sum()) == 0 and int(batch.feats[1, :97].sum()) == 97 * 2
+    assert batch.tokens_in.shape == (3, 32) and batch.tokens_in.shape[1] % TOKEN_STEP == 0
+    assert batch.tokens_out[1, :21].tolist() == list(range(5, 25)) + [3]  # tokens, <eos>
+    assert set(batch.tokens_out[1, 21:].tolist()) == {0}  # PAD
+    # batches of different lengths within a step share one shape
+    assert collate(items[:1]).feats.shape[1] == collate([{**items[0], "feats": torch.ones(90, 2)}]).feats.shape[1]
 
 
 def test_padding_fraction_counts_the_zeros_collate_adds():
@@ -80,3 +95,38 @@ def test_workers_load_the_same_batches_as_the_main_process(feature_split):
         for a, b in zip(main, workers):
             assert torch.equal(a.feats, b.feats) and torch.equal(a.tokens_out, b.tokens_out)
     assert [b.ids for b in epoch(2, 0)] != [b.ids for b in epoch(2, 1)]
+
+
+
+def test_padding_in_steps_changes_neither_the_loss_nor_the_gradients(monkeypatch):
+    import speechforge.data.batching as batching
+    from speechforge.recipe import validate_component
+
+    torch.manual_seed(0)
+    model = validate_component("models", {"name": "transformer_ctc", "d_model": 32, "dropout": 0.0,
+                                          "embedding": {"name": "conv2d", "channels": 8},
+                                          "encoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0},
+                                          "decoder": {"num_layers": 1, "d_ff": 64, "dropout": 0.0}},
+                               "model").build(vocab_size=20, input_dim=16)
+    loss_fn = validate_component("losses", {"name": "ce_ctc"}, "loss").build()
+    g = torch.Generator().manual_seed(0)
+    items = [{"id": str(n), "feats": torch.randn(n, 16, generator=g), "text": "x",
+              "tokens": torch.randint(5, 20, (u,), generator=g).tolist()} for n, u in ((61, 9), (90, 13))]
+
+    def loss_and_grads():
+        batch = collate(items)
+        model.zero_grad()
+        loss = loss_fn(model(batch.feats, batch.feat_lens, batch.tokens_in), batch.tokens_out, batch.token_lens)["loss"]
+        loss.backward()
+        # a key bias gets no gradient in exact arithmetic (softmax ignores a shift): rounding only
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if not n.endswith("k_proj.bias")}
+        return batch.feats.shape[1], loss.detach(), grads
+
+    width, loss, grads = loss_and_grads()
+    monkeypatch.setattr(batching, "FRAME_STEP", 1)
+    monkeypatch.setattr(batching, "TOKEN_STEP", 1)
+    tight_width, tight_loss, tight_grads = loss_and_grads()
+    assert (width, tight_width) == (96, 90)
+    torch.testing.assert_close(loss, tight_loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, tight_grads[name], atol=1e-6, rtol=1e-4, msg=name)

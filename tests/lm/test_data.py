@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from speechforge.data.batching import TOKEN_STEP
 from speechforge.data.errors import DataError
 from speechforge.data.tokenizers import EOS, PAD, SOS, CharTokenizer
 from speechforge.lm.data import hw4p1_text, text_lines
@@ -89,6 +90,8 @@ def test_batches_are_sos_shifted_in_and_eos_ended_out(tmp_path):
     corpus = text_lines(train=str(tmp_path / "train.txt"), batch_size=2)
     (batch,) = list(corpus.loader("train", tok)[0])
     a, b, c = tok.encode("ABC")
-    assert batch.tokens_in.tolist() == [[SOS, a, b, PAD], [SOS, c, a, b]]
-    assert batch.tokens_out.tolist() == [[a, b, EOS, PAD], [c, a, b, EOS]]
+    assert batch.tokens_in.shape[1] == TOKEN_STEP  # padded in steps, as ASR batches are
+    assert batch.tokens_in[:, :4].tolist() == [[SOS, a, b, PAD], [SOS, c, a, b]]
+    assert batch.tokens_out[:, :4].tolist() == [[a, b, EOS, PAD], [c, a, b, EOS]]
+    assert set(batch.tokens_in[:, 4:].flatten().tolist()) == set(batch.tokens_out[:, 4:].flatten().tolist()) == {PAD}
     assert batch.token_lens.tolist() == [3, 4] and batch.char_lens.tolist() == [3, 4]
