@@ -110,8 +110,8 @@ def make_batches(lengths: list[int], max_frames: int | None, batch_size: int | N
     """Group utterance indices (all of them, or ``indices``, which may repeat one) into batches.
 
     ``max_frames`` bounds the padded size (longest, rounded up to ``step``, x count), not
-    the sum of lengths, because padded frames cost compute too. Bucketing sorts by length (with a little
-    seeded jitter so batches differ between epochs) so each batch pads little."""
+    the sum of lengths, because padded frames cost compute too. Bucketing sorts by length
+    (with a little seeded jitter so batches differ between epochs) so each batch pads little."""
     order = list(range(len(lengths))) if indices is None else list(indices)
     if bucketed:
         if rng is not None:

@@ -18,7 +18,7 @@ from speechforge.model.dropout import dropout
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def tracing() -> bool:
+def _tracing() -> bool:
     """An export trace or a compile: the graph keeps the model's own three projections."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
@@ -75,9 +75,9 @@ class MultiHeadAttention(nn.Module):
         side (held until a weight changes): a decoding step multiplies a few rows, where a
         call costs more than its arithmetic, and this saves two calls a layer (12 of the 49
         products of a bpe5k_ctc decoder step; benchmarks/README.md)."""
-        if torch.is_grad_enabled() or tracing():
+        if torch.is_grad_enabled() or _tracing():
             return (self.split(self.q_proj(x)), *self.project_kv(x, x))
-        b, n, d = x.shape
+        b, n, _ = x.shape
         qkv = F.linear(x, *self._fused_qkv()).view(b, n, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
         return q, k, v
