@@ -96,6 +96,7 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     mixed = "bf16" if spec["precision"] == "bf16" else "no"
+    precision.lay_out_convs(model, mixed, training=True)  # as the trainer does
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -109,6 +110,7 @@ def main():
     common.log("train")
     train = common.time_training(spec, step)
     model.eval()
+    precision.lay_out_convs(model, mixed, training=False)
     steps, beam = dspec["output_tokens"], dspec["beam"]
 
     def encode(utts):

@@ -96,6 +96,11 @@ def worker(args) -> None:
     optimizer = recipes.validate_component("optimizers", raw["optimizer"], "optimizer").build(model=model)
     model.train()
     bf16 = args.precision == "bf16"
+    from speechforge import precision
+
+    lay_out = getattr(precision, "lay_out_convs", None)  # as the trainer does, in trees that have it
+    if lay_out is not None:
+        lay_out(model, "bf16" if bf16 else "no", training=args.workload != "decode")
 
     def decode(feats) -> None:
         from speechforge.decode.beam import beam_search

@@ -64,7 +64,8 @@ class Conv2dSubsampling(nn.Module):
             freq = (freq - 1) // 2
         # channels-last weights put oneDNN on its channels-last kernels (the input, with one
         # channel, follows): the front end's training step 1.35x as fast in bf16 at 256
-        # channels, 1.1x at 32 (benchmarks/README.md)
+        # channels, 1.1x at 32 (benchmarks/README.md). fp32 training turns them back
+        # (precision.lay_out_convs).
         self.convs = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.num_convs = num_convs
         self.out = nn.Linear(in_ch * freq, d_model)
