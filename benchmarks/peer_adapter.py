@@ -150,6 +150,8 @@ def main():
         "decoding runs under torch.no_grad as speechforge's decode_batches does (the harness's inference_mode "
         "stops autocast from caching its bf16 weight casts)",
         "dropout masks: speechforge.model.dropout (16 random bits an element, four per 64-bit draw)",
+        "front-end conv weights contiguous for fp32 training, channels-last for bf16 training and for decoding "
+        "(speechforge.precision.lay_out_convs, as the trainer sets them)",
         "greedy: speechforge.decode.greedy.greedy_search with the decoder key/value cache, force_length",
     ]
     decode = {
