@@ -57,21 +57,24 @@ def batches(args, tree: Path):
         frames, count = (200, 2) if args.quick else (1000, 4)
         return recipes.read_toml(args.recipe or tree / "recipes" / "bpe5k_ctc.toml"), 5000, [], [
             torch.randn(1, frames, 80, generator=g) for _ in range(count)]
+    mixed = "bf16" if args.precision == "bf16" else "no"
     if args.workload == "peer":
         raw = recipes.read_toml(args.recipe or tree / "recipes" / "bpe5k_ctc.toml")
-        from speechforge.data.batching import collate
+        from speechforge.data import batching
 
         g = torch.Generator().manual_seed(0)
         frames = [f // 8 for f in PEER_FRAMES[:2]] if args.quick else PEER_FRAMES
         tokens = [t // 8 for t in PEER_TOKENS[:2]] if args.quick else PEER_TOKENS
         items = [{"id": str(i), "feats": torch.randn(n, 80, generator=g), "text": None,
                   "tokens": torch.randint(5, 5000, (u,), generator=g).tolist()} for i, (n, u) in enumerate(zip(frames, tokens))]
-        return raw, 5000, [], [collate(items)]
+        # padded as a run in this precision pads it, in trees that pad by precision
+        steps = batching.pad_steps(mixed) if hasattr(batching, "pad_steps") else ()
+        return raw, 5000, [], [batching.collate(items, *steps)]
     from speechforge import experiment
 
     path = args.recipe or tree / "recipes" / "quickstart.toml"
     root = ROOT / recipes.read_toml(path)["data"]["root"]  # the corpus beside this checkout, not the worktree's
-    recipe = recipes.load(path, [f'data.root="{root}"'])
+    recipe = recipes.load(path, [f'data.root="{root}"', f'trainer.mixed_precision="{mixed}"'])
     exp = experiment.build(recipe, Path(tempfile.mkdtemp()), log=lambda *a: None)
     loader, _ = exp.loader("train", train=True, seed=0)
     chosen = []

@@ -8,6 +8,7 @@ and transcription work with no recipe or corpus at hand.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -19,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from speechforge import recipe as recipe_mod
+from speechforge import precision, recipe as recipe_mod
 from speechforge.data.audio import FrontEnd
-from speechforge.data.batching import BucketBatchSampler, UtteranceDataset, collate, padding_fraction
+from speechforge.data.batching import BucketBatchSampler, UtteranceDataset, collate, pad_steps, padding_fraction
 from speechforge.data.corpus import check_encodable
 from speechforge.data.errors import DataError
 from speechforge.data import normalization
@@ -45,6 +46,12 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
     transferred: list[str] = field(default_factory=list)  # decoder weights copied from an LM run
 
+    @property
+    def pad_steps(self) -> tuple[int, int]:
+        """(frame step, token step) this run's batches are padded in: only a bf16 or fp16 run
+        pads beyond the longest utterance (speechforge.data.batching)."""
+        return pad_steps(run_precision(self.recipe))
+
     def loader(self, role: str, train: bool = False, seed: int = 0, num_replicas: int = 1, rank: int = 0,
                fraction: float | None = None, max_seconds: float | None = None) -> tuple[DataLoader, BucketBatchSampler]:
         """Batches of one split; with several processes, this process's share of each.
@@ -61,14 +68,16 @@ class Experiment:
             raise DataError(f"data.{role}: no utterance is left after max_seconds={max_seconds}")
         dataset = UtteranceDataset(utterances, self.normalizer, self.tokenizer, self.corpus.num_mel_bins)
         lengths = [u.num_frames for u in utterances]
+        frame_step, token_step = self.pad_steps
         sampler = BucketBatchSampler(
             lengths, self.corpus.max_frames, self.corpus.batch_size, bucketed=self.corpus.bucketed or not train,
             shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank,
-            draw=self.corpus.draw_for(utterances) if train else None,
+            draw=self.corpus.draw_for(utterances) if train else None, step=frame_step,
         )
         # pinned host memory lets the copy to a GPU overlap the step (Batch.to(non_blocking=True))
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.corpus.num_workers,
-                            pin_memory=torch.cuda.is_available())
+        loader = DataLoader(dataset, batch_sampler=sampler,
+                            collate_fn=functools.partial(collate, frame_step=frame_step, token_step=token_step),
+                            num_workers=self.corpus.num_workers, pin_memory=torch.cuda.is_available())
         return loader, sampler
 
     def save_assets(self) -> None:
@@ -179,6 +188,13 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
     return Experiment(recipe, run_dir, corpus, normalizer, tokenizer, model, augment, notes)
 
 
+def run_precision(recipe: Recipe) -> str:
+    """The precision a run of ``recipe`` computes in on this machine (trainer.mixed_precision,
+    "auto" by default), as its trainer resolves it."""
+    args = recipe.trainer.args if recipe.trainer else {}
+    return precision.planned(args.get("mixed_precision", "auto"), args.get("cpu", False))
+
+
 def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: int | None,
                 stages: list | None = None) -> int:
     """Optimizer steps of the whole run, for schedules that need to know where it ends."""
@@ -206,7 +222,7 @@ def train_batches(exp: Experiment, shuffle: bool) -> tuple[list[int], list[list[
     utterances = exp.corpus.split("train").utterances
     lengths = [u.num_frames for u in utterances]
     sampler = BucketBatchSampler(lengths, exp.corpus.max_frames, exp.corpus.batch_size, exp.corpus.bucketed,
-                                 shuffle=shuffle, draw=exp.corpus.draw_for(utterances))
+                                 shuffle=shuffle, draw=exp.corpus.draw_for(utterances), step=exp.pad_steps[0])
     return lengths, sampler.batches()
 
 
@@ -224,7 +240,7 @@ def dataset_stats(exp: Experiment) -> dict[str, dict[str, float]]:
     if "train" in stats:
         lengths, batches = train_batches(exp, shuffle=False)
         stats["train"]["batches"] = len(batches)
-        stats["train"]["padding_fraction"] = round(padding_fraction(lengths, batches), 4)
+        stats["train"]["padding_fraction"] = round(padding_fraction(lengths, batches, exp.pad_steps[0]), 4)
         if hasattr(exp.corpus, "shares"):  # a mix of corpora: what each brings to an epoch
             stats["train"]["corpora"] = exp.corpus.shares(exp.corpus.split("train").utterances)
     return stats

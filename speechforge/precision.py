@@ -57,6 +57,13 @@ def resolve(requested: str, device: torch.device | str) -> tuple[str, str]:
     return "no", f"auto: no bf16 fast path known for {device.type}"
 
 
+def planned(requested: str, cpu: bool = False) -> str:
+    """The precision a run asking for ``requested`` computes in on this machine: on its GPU
+    when it has one and ``cpu`` (trainer.cpu) is off, as the trainer resolves it."""
+    device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
+    return resolve(requested, device)[0]
+
+
 def name(precision: str) -> str:
     """Accelerate's "no" as a reader says it."""
     return "fp32" if precision == "no" else precision

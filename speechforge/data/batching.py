@@ -14,14 +14,21 @@ from speechforge.data.corpus import Utterance, load_features
 from speechforge.data.normalization import Normalizer
 from speechforge.data.tokenizers import EOS, PAD, SOS, Tokenizer
 
-# Batches are padded to lengths in steps of FRAME_STEP frames and TOKEN_STEP tokens, so
-# that their shapes repeat. oneDNN, which does a CPU's bf16 matrix products and
-# convolutions, builds a kernel for every new shape: with batches padded to their longest
-# utterance nearly every batch was a new shape, and the quickstart trained no faster in
-# bf16 than in fp32. In steps, 1.3x faster (benchmarks/README.md); fp32 pays the few
-# percent of extra padding. GPU kernels like multiples of 8 too.
+# A run in bf16 or fp16 pads its batches to lengths in steps of FRAME_STEP frames and
+# TOKEN_STEP tokens, so that their shapes repeat. oneDNN, which does a CPU's bf16 matrix
+# products and convolutions, builds a kernel for every new shape: with batches padded to
+# their longest utterance nearly every batch was a new shape, and the quickstart trained no
+# faster in bf16 than in fp32. In steps, 1.3x faster (benchmarks/README.md). fp32 products
+# (MKL) build nothing per shape, so an fp32 run pads only to the longest utterance: the
+# steps cost it up to 25% on short utterances (spoken digits: 50 frames padded to 64, 6
+# tokens to 16). GPU kernels like multiples of 8 too.
 FRAME_STEP = 32
 TOKEN_STEP = 16
+
+
+def pad_steps(mixed_precision: str) -> tuple[int, int]:
+    """(frame step, token step) of a run computing in ``mixed_precision`` (Accelerate's name)."""
+    return (FRAME_STEP, TOKEN_STEP) if mixed_precision in ("bf16", "fp16") else (1, 1)
 
 
 def padded_length(length: int, step: int) -> int:
@@ -29,9 +36,9 @@ def padded_length(length: int, step: int) -> int:
     return -(-length // step) * step
 
 
-def token_tensors(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, U) <sos> + tokens and tokens + <eos>, PAD after; U + 1 rounded up to TOKEN_STEP."""
-    width = padded_length(max(len(seq) for seq in sequences) + 1, TOKEN_STEP)
+def token_tensors(sequences: list[list[int]], step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, U) <sos> + tokens and tokens + <eos>, PAD after; U + 1 rounded up to ``step``."""
+    width = padded_length(max(len(seq) for seq in sequences) + 1, step)
     tokens_in = torch.full((len(sequences), width), PAD, dtype=torch.long)
     tokens_out = torch.full((len(sequences), width), PAD, dtype=torch.long)
     for i, seq in enumerate(sequences):
@@ -91,22 +98,23 @@ class Batch:
         return 1.0 - float(self.feat_lens.sum()) / self.feats.shape[0] / self.feats.shape[1]
 
 
-def collate(items: list[dict]) -> Batch:
+def collate(items: list[dict], frame_step: int = 1, token_step: int = 1) -> Batch:
+    """Utterances -> one batch, frames and tokens padded to the longest rounded up to the steps."""
     lens = torch.tensor([it["feats"].shape[0] for it in items])
-    width = padded_length(int(lens.max()), FRAME_STEP)
+    width = padded_length(int(lens.max()), frame_step)
     feats = torch.zeros(len(items), width, items[0]["feats"].shape[1])
     for i, it in enumerate(items):
         feats[i, : it["feats"].shape[0]] = it["feats"]
     batch = Batch([it["id"] for it in items], feats, lens, [it["text"] for it in items])
     if all("tokens" in it for it in items):
-        batch.tokens_in, batch.tokens_out = token_tensors([it["tokens"] for it in items])
+        batch.tokens_in, batch.tokens_out = token_tensors([it["tokens"] for it in items], token_step)
         batch.token_lens = torch.tensor([len(it["tokens"]) for it in items])
     return batch
 
 
 def make_batches(lengths: list[int], max_frames: int | None, batch_size: int | None,
                  bucketed: bool, rng: random.Random | None, indices: list[int] | None = None,
-                 step: int = FRAME_STEP) -> list[list[int]]:
+                 step: int = 1) -> list[list[int]]:
     """Group utterance indices (all of them, or ``indices``, which may repeat one) into batches.
 
     ``max_frames`` bounds the padded size (longest, rounded up to ``step``, x count), not
@@ -149,7 +157,7 @@ class BucketBatchSampler(Sampler[list[int]]):
     def __init__(self, lengths: list[int], max_frames: int | None, batch_size: int | None,
                  bucketed: bool = True, shuffle: bool = True, seed: int = 0,
                  num_replicas: int = 1, rank: int = 0, draw: Callable[[random.Random], list[int]] | None = None,
-                 step: int = FRAME_STEP):
+                 step: int = 1):
         self.lengths, self.step = lengths, step
         self.draw = draw
         self.max_frames, self.batch_size = max_frames, batch_size
@@ -209,7 +217,7 @@ def shard_batch(batch: list[int], lengths: list[int], num_replicas: int) -> list
     return [ordered[r::num_replicas] for r in range(num_replicas)]
 
 
-def padding_fraction(lengths: list[int], batches: list[list[int]], step: int = FRAME_STEP) -> float:
+def padding_fraction(lengths: list[int], batches: list[list[int]], step: int = 1) -> float:
     """The share of padding in ``batches`` as collate pads them (lengths rounded up to ``step``)."""
     real = sum(lengths[i] for b in batches for i in b)
     padded = sum(padded_length(max(lengths[i] for i in b), step) * len(b) for b in batches)

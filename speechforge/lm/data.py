@@ -12,6 +12,7 @@ sees transcripts, so a trained LM scores exactly what the decoder produces.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -22,7 +23,7 @@ from pydantic import AfterValidator, Field
 from torch.utils.data import DataLoader
 
 from speechforge import registry
-from speechforge.data.batching import TOKEN_STEP, BucketBatchSampler, token_tensors
+from speechforge.data.batching import BucketBatchSampler, token_tensors
 from speechforge.data.corpus import OnBadFile, PositiveOrNone, stop_if_bad
 from speechforge.data.errors import DataError
 from speechforge.data.tokenizers import Tokenizer
@@ -59,9 +60,9 @@ class LMBatch:
         return LMBatch(*(t.to(device, non_blocking=non_blocking) for t in tensors))
 
 
-def collate(items: list[tuple[list[int], int]]) -> LMBatch:
-    """(token ids, characters) pairs -> one right-padded batch."""
-    tokens_in, tokens_out = token_tensors([ids for ids, _ in items])
+def collate(items: list[tuple[list[int], int]], step: int = 1) -> LMBatch:
+    """(token ids, characters) pairs -> one right-padded batch, its length rounded up to ``step``."""
+    tokens_in, tokens_out = token_tensors([ids for ids, _ in items], step)
     token_lens = torch.tensor([len(ids) + 1 for ids, _ in items])
     char_lens = torch.tensor([chars + 1 for _, chars in items])
     return LMBatch(tokens_in, tokens_out, token_lens, char_lens)
@@ -103,12 +104,14 @@ class TextCorpus:
     def texts(self, role: str) -> list[str]:
         return [s.text for s in self.split(role).sentences]
 
-    def loader(self, role: str, tokenizer: Tokenizer, train: bool = False,
-               seed: int = 0) -> tuple[DataLoader, BucketBatchSampler]:
+    def loader(self, role: str, tokenizer: Tokenizer, train: bool = False, seed: int = 0,
+               step: int = 1) -> tuple[DataLoader, BucketBatchSampler]:
+        """Batches of one split, padded to lengths in ``step`` tokens (the token step of
+        batching.pad_steps for the run's precision)."""
         items = [(tokenizer.encode(s.text), len(s.text)) for s in self.split(role).sentences]
         sampler = BucketBatchSampler([len(ids) + 1 for ids, _ in items], self.max_tokens, self.batch_size,
-                                     bucketed=True, shuffle=train, seed=seed, step=TOKEN_STEP)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collate), sampler
+                                     bucketed=True, shuffle=train, seed=seed, step=step)
+        return DataLoader(items, batch_sampler=sampler, collate_fn=functools.partial(collate, step=step)), sampler
 
 
 def read_npy_text(path: Path) -> str:

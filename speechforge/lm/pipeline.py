@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from speechforge import recipe as recipe_mod
+from speechforge import precision, recipe as recipe_mod
+from speechforge.data.batching import pad_steps
 from speechforge.data.tokenizers import Tokenizer, TokenizerError, load_tokenizer
 from speechforge.lm.data import ROLES, TextCorpus
 from speechforge.lm.metrics import UnigramLM, evaluate
@@ -77,7 +78,9 @@ def run(recipe: Recipe, run_dir: Path, log: Log = print, progress: bool = True) 
     loss_fn = recipe.loss.build()
     optimizer = recipe.optimizer.build(model=model)
     cfg = trainer.cfg
-    batches = len(corpus.loader("train", tokenizer)[1].batches())
+    # as many batches as the trainer will draw: bf16 pads them in steps, which makes more
+    step = pad_steps(precision.planned(cfg["mixed_precision"], cfg["cpu"]))[1]
+    batches = len(corpus.loader("train", tokenizer, step=step)[1].batches())
     steps = cfg["epochs"] * steps_per_epoch(batches, cfg["grad_accum_steps"])
     steps = min(steps, cfg["max_steps"]) if cfg["max_steps"] else steps
     schedule = recipe.scheduler.build(total_steps=steps).attach(optimizer)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from speechforge import registry
+from speechforge.data.batching import pad_steps
 from speechforge.data.tokenizers import PAD
 from speechforge.lm.metrics import evaluate
 from speechforge.precision import Precision
@@ -64,8 +65,9 @@ class LMTrainer(TrainingLoop):
         set_seed(seed)
         acc = Accelerator(mixed_precision=self.resolve_precision(log), gradient_accumulation_steps=cfg["grad_accum_steps"],
                           cpu=cfg["cpu"])
-        train_loader, sampler = corpus.loader("train", tokenizer, train=True, seed=seed)
-        val_loader = corpus.loader("val", tokenizer)[0] if corpus.has("val") else None
+        step = pad_steps(self.mixed_precision)[1]
+        train_loader, sampler = corpus.loader("train", tokenizer, train=True, seed=seed, step=step)
+        val_loader = corpus.loader("val", tokenizer, step=step)[0] if corpus.has("val") else None
         model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
         recipe_text = (run_dir / "recipe.toml").read_text() if (run_dir / "recipe.toml").exists() else ""
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from speechforge import precision
-from speechforge.data.batching import FRAME_STEP, TOKEN_STEP, make_batches, padded_length
+from speechforge.data.batching import make_batches, pad_steps, padded_length
 from speechforge.data.corpus import Utterance
 from speechforge.data.tokenizers import EOS, SOS, SPECIALS, Tokenizer
 
@@ -62,13 +62,13 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def heaviest_batch(lengths: list[int], max_frames: int | None, batch_size: int | None) -> list[int]:
-    """The indices of the batch with the most padded frames (longest, rounded up as batches
-    are padded, x count) among the bucketed batches of a split; of those, the one with the
-    longest utterance."""
-    batches = make_batches(lengths, max_frames, batch_size, bucketed=True, rng=None)
+def heaviest_batch(lengths: list[int], max_frames: int | None, batch_size: int | None, step: int = 1) -> list[int]:
+    """The indices of the batch with the most padded frames (longest, rounded up to ``step``
+    as batches are padded, x count) among the bucketed batches of a split; of those, the one
+    with the longest utterance."""
+    batches = make_batches(lengths, max_frames, batch_size, bucketed=True, rng=None, step=step)
     longest = lambda b: max(lengths[i] for i in b)  # noqa: E731
-    return max(batches, key=lambda b: (len(b) * padded_length(longest(b), FRAME_STEP), longest(b)))
+    return max(batches, key=lambda b: (len(b) * padded_length(longest(b), step), longest(b)))
 
 
 def _storage_bytes(tensors, exclude: set[int]) -> int:
@@ -136,10 +136,12 @@ def estimate(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, uttera
              mixed_precision: str) -> MemoryEstimate:
     """The estimate for the heaviest batch of a training split; ``mixed_precision`` as resolved
     for the run's device ("no", "bf16", "fp16")."""
-    batch = [utterances[i] for i in heaviest_batch([u.num_frames for u in utterances], max_frames, batch_size)]
+    frame_step, token_step = pad_steps(mixed_precision)
+    batch = [utterances[i] for i in heaviest_batch([u.num_frames for u in utterances], max_frames, batch_size,
+                                                   frame_step)]
     # the shapes collate pads the batch to
-    frames = padded_length(max(u.num_frames for u in batch), FRAME_STEP)
-    tokens = padded_length(max(len(tokenizer.encode(u.text or "")) for u in batch) + 1, TOKEN_STEP) - 1
+    frames = padded_length(max(u.num_frames for u in batch), frame_step)
+    tokens = padded_length(max(len(tokenizer.encode(u.text or "")) for u in batch) + 1, token_step) - 1
     shape = (frames, tokens, input_dim, tokenizer.vocab_size, mixed_precision)
     one, two = (saved_activation_bytes(model, loss_fn, n, *shape) for n in (1, 2))
     trainable = {id(p): p for p in model.parameters() if p.requires_grad}.values()
@@ -153,8 +155,7 @@ def estimate(model: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, uttera
 def for_experiment(exp, loss_fn, optimizer: torch.optim.Optimizer, trainer_cfg: dict) -> MemoryEstimate:
     """The estimate for an experiment's training split, at the precision its trainer would
     pick on this machine (the GPU when there is one and trainer.cpu is off)."""
-    device = "cpu" if trainer_cfg["cpu"] or not torch.cuda.is_available() else "cuda"
-    mixed_precision = precision.resolve(trainer_cfg["mixed_precision"], device)[0]
+    mixed_precision = precision.planned(trainer_cfg["mixed_precision"], trainer_cfg["cpu"])
     corpus = exp.corpus
     return estimate(exp.model, loss_fn, optimizer, corpus.split("train").utterances, exp.tokenizer,
                     corpus.max_frames, corpus.batch_size, corpus.num_mel_bins, mixed_precision)

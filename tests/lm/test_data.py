@@ -88,9 +88,11 @@ def test_batches_are_sos_shifted_in_and_eos_ended_out(tmp_path):
     tok = CharTokenizer()
     tok.fit(["ABC"])
     corpus = text_lines(train=str(tmp_path / "train.txt"), batch_size=2)
-    (batch,) = list(corpus.loader("train", tok)[0])
     a, b, c = tok.encode("ABC")
-    assert batch.tokens_in.shape[1] == TOKEN_STEP  # padded in steps, as ASR batches are
+    (tight,) = list(corpus.loader("train", tok)[0])
+    assert tight.tokens_in.tolist() == [[SOS, a, b, PAD], [SOS, c, a, b]]  # an fp32 run's: to the longest
+    (batch,) = list(corpus.loader("train", tok, step=TOKEN_STEP)[0])
+    assert batch.tokens_in.shape[1] == TOKEN_STEP  # a bf16 run's: padded in steps, as ASR batches are
     assert batch.tokens_in[:, :4].tolist() == [[SOS, a, b, PAD], [SOS, c, a, b]]
     assert batch.tokens_out[:, :4].tolist() == [[a, b, EOS, PAD], [c, a, b, EOS]]
     assert set(batch.tokens_in[:, 4:].flatten().tolist()) == set(batch.tokens_out[:, 4:].flatten().tolist()) == {PAD}

@@ -106,6 +106,20 @@ def test_the_trainer_lays_out_convs_for_its_precision_and_hands_back_the_decodin
     assert calls == [("no", True), ("no", False)]
 
 
+@pytest.mark.parametrize(("mixed", "steps"), [("bf16", (32, 16)), ("no", (1, 1))])
+def test_a_bf16_run_pads_its_batches_in_steps_and_an_fp32_run_only_to_the_longest(tiny_recipe, tmp_path, mixed, steps):
+    from speechforge import experiment, recipe as recipe_mod
+
+    recipe = recipe_mod.load(tiny_recipe, [f'trainer.mixed_precision="{mixed}"'])
+    exp = experiment.build(recipe, tmp_path / "run", log=lambda *a: None)
+    assert exp.pad_steps == steps
+    for batch in exp.loader("train", train=True)[0]:
+        assert batch.feats.shape[1] % steps[0] == 0 and batch.tokens_in.shape[1] % steps[1] == 0
+        # no more than the step beyond the longest utterance and the longest text (+ <sos>)
+        assert batch.feats.shape[1] - int(batch.feat_lens.max()) < steps[0]
+        assert batch.tokens_in.shape[1] - int(batch.token_lens.max()) - 1 < steps[1]
+
+
 def _losses(run_dir) -> list[float]:
     records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     return [r["loss"] for r in records if "loss" in r]
