@@ -188,11 +188,14 @@ def build(recipe: Recipe, run_dir: Path, log: Log = print, train: bool = True, d
     return Experiment(recipe, run_dir, corpus, normalizer, tokenizer, model, augment, notes)
 
 
-def run_precision(recipe: Recipe) -> str:
-    """The precision a run of ``recipe`` computes in on this machine (trainer.mixed_precision,
-    "auto" by default), as its trainer resolves it."""
+def run_precision(recipe: Recipe, device: torch.device | str | None = None) -> str:
+    """The precision a run of ``recipe`` computes in (trainer.mixed_precision, "auto" by
+    default): on ``device``, or where its trainer would run on this machine."""
     args = recipe.trainer.args if recipe.trainer else {}
-    return precision.planned(args.get("mixed_precision", "auto"), args.get("cpu", False))
+    requested = args.get("mixed_precision", "auto")
+    if device is not None:
+        return precision.resolve(requested, device)[0]
+    return precision.planned(requested, args.get("cpu", False))
 
 
 def total_steps(exp: Experiment, epochs: int, grad_accum_steps: int, max_steps: int | None,

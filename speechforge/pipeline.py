@@ -210,10 +210,7 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=No
 def decode_precision(recipe: Recipe, device) -> str:
     """Decoding computes in the precision training chose (trainer.mixed_precision, "auto" by
     default); `--set trainer.mixed_precision="no"` decodes a bf16 run in fp32."""
-    from speechforge import precision
-
-    requested = recipe.trainer.args.get("mixed_precision", "auto") if recipe.trainer else "auto"
-    return precision.resolve(requested, device)[0]
+    return experiment.run_precision(recipe, device)
 
 
 def decode_run(run_dir: Path, overrides: list[str], log: Log = print, splits=None,
