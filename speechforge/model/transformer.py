@@ -15,6 +15,7 @@ from speechforge.model.dropout import Dropout
 from speechforge.model.attention import padding_mask
 from speechforge.model.embeddings import PositionalEncoding
 from speechforge.model.layers import reordered
+from speechforge.model.packed import PackedDecoder, packed_decoder
 from speechforge.recipe import Runtime, Spec, Sub
 
 
@@ -32,6 +33,7 @@ class DecoderState:
     memory_valid: torch.Tensor | None  # (B, S); None: no padding
     offset: int = 0
     beams: int = 1
+    packed: PackedDecoder | None = None  # the step on packed weights (model/packed.py), or the modules
 
     def select(self, index: torch.Tensor, memory_index: torch.Tensor | None = None) -> "DecoderState":
         """Reorder or repeat the hypotheses along the batch. With one hypothesis per memory
@@ -49,6 +51,7 @@ class DecoderState:
             memory_valid=memory_valid,
             offset=self.offset,
             beams=self.beams,
+            packed=self.packed,
         )
 
 
@@ -144,12 +147,16 @@ class TransformerCTC(nn.Module):
         stack = self.decoder.stack
         # no padding (one utterance, or equal lengths): no mask to build and apply every step
         valid = padding_mask(enc_lens, enc_out.shape[1])
+        packed = packed_decoder(self.decoder, enc_out.device)
+        memory_kv = self.memory(enc_out)
         return DecoderState(
             caches=[{} for _ in range(stack.num_active)],
             # contiguous once here: in head layout a step's products would copy them every step
-            memory_kv=[(k.contiguous(), v.contiguous()) for k, v in self.memory(enc_out)],
+            memory_kv=[(k.contiguous(), v.contiguous()) for k, v in memory_kv] if packed is None
+            else packed.memory(memory_kv),
             memory_valid=None if bool(valid.all()) else valid,
             beams=beams,
+            packed=packed,
         )
 
     def step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
@@ -157,7 +164,10 @@ class TransformerCTC(nn.Module):
         next-token logits (B, V). Only the new positions are computed."""
         if tokens.dim() == 1:
             tokens = tokens[:, None]
-        logits, _ = self.decoder(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset)
+        if state.packed is not None:
+            logits = state.packed.step(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset)
+        else:
+            logits, _ = self.decoder(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset)
         state.offset += tokens.shape[1]
         return logits[:, -1]
 

@@ -1,0 +1,233 @@
+"""The decoder's one-token step for searches on a CPU, on weights laid out once per search.
+
+One utterance's beam search multiplies 10 rows (its beams) by every decoder weight at every
+step. On a CPU that step is bound by per-call costs, not arithmetic: the module path spent
+about 2.3 ms of a 5.5 ms bpe5k_ctc step on calls alone (benchmarks/README.md). This step does
+the sums of ``DecoderLayer`` and ``TokenDecoder`` in fewer, cheaper calls:
+
+- bf16 weights packed once by oneDNN (``mkldnn._reorder_linear_weight``), fp32 ones by MKL,
+  where ``F.linear`` lays a weight out again at every call;
+- self-attention's q, k and v in one product, 1 / sqrt(head size) folded into the q rows;
+- attention of the new position in fp32, over keys and values cached in fp32: a batched
+  product of a few rows costs twice as much in bf16 as in fp32 on a CPU without AMX, and
+  fp32 probabilities are closer to an fp32 decode than bf16 ones;
+- no module calls, dropout or autocast dispatch.
+
+The layer norms, the residual stream and the logits' dtype are those of the module path under
+autocast, so a bf16 search sees the same products. ``TransformerCTC.init_state`` picks this
+path (``packed_decoder``); tests pin it to the module path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechforge.model.layers import DecoderLayer, DecoderStack, FeedForward, grown
+
+Linear = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _onednn_packing() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _mkl_packing() -> bool:
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def rounded(t: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    """``t`` in ``dtype``, times ``scale``; rounded to ``dtype`` before the scale, so that the
+    same comes from an fp32 master as from the cast copy a search swaps in
+    (precision.autocast_weights)."""
+    t = t.detach().to(dtype)
+    return t if scale == 1.0 else (t.float() * scale).to(dtype)
+
+
+def packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 10) -> Linear:
+    """x (..., in) -> x @ weight.T + bias in the weight's dtype, the weight laid out once for
+    products of about ``rows`` rows (any number works; the layout is chosen for that many)."""
+    weight = weight.contiguous()
+    if weight.dtype == torch.bfloat16 and _onednn_packing():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    if weight.dtype == torch.float32 and _mkl_packing():
+        packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
+        if bias is None:
+            bias = weight.new_zeros(weight.shape[0])
+        return lambda x: torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
+    return lambda x: F.linear(x, weight, bias)
+
+
+def _linear(layer: nn.Linear, dtype: torch.dtype, scale: float = 1.0) -> Linear:
+    bias = None if layer.bias is None else rounded(layer.bias, dtype, scale)
+    return packed_linear(rounded(layer.weight, dtype, scale), bias)
+
+
+class _PackedLayer:
+    def __init__(self, layer: DecoderLayer, dtype: torch.dtype):
+        sa = layer.self_attn
+        self.heads, self.head_dim = sa.num_heads, sa.head_dim
+        scale = 1.0 / math.sqrt(self.head_dim)
+        projections = (sa.q_proj, sa.k_proj, sa.v_proj)
+        # q, k and v side by side (q rows scaled): one product
+        scales = (scale, 1.0, 1.0)
+        self.qkv = packed_linear(
+            torch.cat([rounded(p.weight, dtype, c) for p, c in zip(projections, scales)]),
+            torch.cat([rounded(p.bias, dtype, c) for p, c in zip(projections, scales)]))
+        self.self_out = _linear(sa.out_proj, dtype)
+        self.norm1, self.norm3 = layer.norm1, layer.norm3
+        self.cross = layer.cross
+        if layer.cross:
+            ca = layer.cross_attn
+            self.norm2 = layer.norm2
+            self.cross_q = _linear(ca.q_proj, dtype, scale)
+            self.cross_out = _linear(ca.out_proj, dtype)
+        ffn = layer.ffn
+        self.ff_in = _linear(ffn[0], dtype)
+        self.activation = ffn[1]
+        self.ff_out = _linear(ffn[3], dtype)
+        self.dtype = dtype
+
+
+def _norm(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # statistics in fp32, as autocast runs layer_norm; the product after it takes ``dtype``
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps).to(dtype)
+
+
+class PackedDecoder:
+    """A ``TokenDecoder``'s step, on weights packed for ``dtype``. Build with ``packed_decoder``."""
+
+    def __init__(self, decoder: nn.Module, dtype: torch.dtype):
+        # its parts, not the decoder: the decoder's cache of this object must not keep it alive
+        self.embed, self.pos, self.scale = decoder.embed, decoder.pos, decoder.scale
+        self.dtype = dtype
+        stack = decoder.stack
+        self.layers = [_PackedLayer(layer, dtype) for layer in stack.layers[: stack.num_active]]
+        self.final_norm = stack.norm
+        self.out = _linear(decoder.out, dtype)
+
+    def memory(self, memory_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Cross-attention keys and values as this step reads them: fp32, contiguous."""
+        return [(k.float().contiguous(), v.float().contiguous()) for k, v in memory_kv]
+
+    def step(
+        self,
+        tokens: torch.Tensor,  # (N, U)
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,  # from ``memory``: (B, H, S, Dh), B dividing N
+        memory_valid: torch.Tensor | None,  # (B, S)
+        caches: list[dict[str, torch.Tensor]],
+        offset: int,
+    ) -> torch.Tensor:
+        """Logits (N, U, V) of the new positions; ``caches`` as ``DecoderLayer`` keeps them
+        (a pending ``index`` reorders the past), in fp32."""
+        dtype = self.dtype
+        # every dtype is chosen here: autocast would round the fp32 attention to bf16
+        with torch.autocast("cpu", enabled=False):
+            x = self.pos(self.embed(tokens) * self.scale, offset)  # (N, U, D) fp32, as the module path
+            for i, layer in enumerate(self.layers):
+                x = x + self._self_attend(layer, _norm(layer.norm1, x, dtype), caches[i])
+                if layer.cross:
+                    k, v = memory_kv[i]
+                    x = x + self._cross_attend(layer, _norm(layer.norm2, x, dtype), k, v, memory_valid)
+                x = x + layer.ff_out(layer.activation(layer.ff_in(_norm(layer.norm3, x, dtype))))
+            return self.out(_norm(self.final_norm, x, dtype))
+
+    @staticmethod
+    def _self_attend(layer: _PackedLayer, h: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        n, u, d = h.shape
+        qkv = layer.qkv(h).float().view(n, u, 3, layer.heads, layer.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (N, H, U, Dh)
+        index = cache.pop("index", None)
+        if "k" in cache:
+            k, v = grown(cache["k"], k, index), grown(cache["v"], v, index)
+        cache["k"], cache["v"] = k, v
+        scores = q @ k.transpose(-2, -1)  # (N, H, U, T), q already scaled
+        if u > 1:  # a prefix: each position sees the past and itself
+            t = k.shape[2]
+            scores = scores.masked_fill(~torch.ones(u, t, dtype=torch.bool).tril(t - u), float("-inf"))
+        out = scores.softmax(-1) @ v
+        return layer.self_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
+
+    @staticmethod
+    def _cross_attend(layer: _PackedLayer, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      valid: torch.Tensor | None) -> torch.Tensor:
+        # the N / B rows (beams) that share a memory row query it together: (B, H, beams x U, Dh)
+        n, u, d = h.shape
+        b = k.shape[0]
+        q = layer.cross_q(h).float().view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
+        scores = q @ k.transpose(-2, -1)  # (B, H, beams x U, S)
+        if valid is not None:
+            scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        out = scores.softmax(-1) @ v  # (B, H, beams x U, Dh)
+        return layer.cross_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
+
+
+def _standard(decoder: nn.Module) -> bool:
+    """A TokenDecoder whose active layers are speechforge's own pre-norm decoder layers."""
+    stack = getattr(decoder, "stack", None)
+    if type(stack) is not DecoderStack:
+        return False
+    layers = stack.layers[: stack.num_active]
+    return all(
+        type(layer) is DecoderLayer and type(layer.ffn) is FeedForward and len(layer.ffn) == 4
+        and type(layer.norm1) is nn.LayerNorm
+        for layer in layers
+    )
+
+
+def search_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype a search's products take on ``device``: autocast's, else fp32."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return torch.float32
+
+
+@contextlib.contextmanager
+def module_path():
+    """Within, searches step through the modules (benchmarks and tests compare the two paths)."""
+    global _ENABLED
+    before, _ENABLED = _ENABLED, False
+    try:
+        yield
+    finally:
+        _ENABLED = before
+
+
+_ENABLED = True
+
+
+def packed_decoder(decoder: nn.Module, device: torch.device) -> PackedDecoder | None:
+    """The packed step of ``decoder`` for a search on ``device``, or None where the module path
+    is the one to take: off the CPU (a GPU step is not bound by calls), while training or
+    under autograd, in a trace or compile, for decoders with other layers, or where the
+    parameters are not fp32 masters. Kept on the decoder and remade when a weight changes."""
+    if (not _ENABLED or device.type != "cpu" or decoder.training or torch.is_grad_enabled() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or not _standard(decoder)):
+        return None
+    if decoder.embed.weight.dtype != torch.float32:
+        return None
+    dtype = search_dtype(device)
+    if dtype not in (torch.float32, torch.bfloat16):
+        return None
+    params = list(decoder.parameters())
+    # keyed on the tensors themselves (held, so never confused with later ones) and their
+    # versions: an optimizer step or a load bumps them; a search's cast copies (precision.
+    # autocast_weights) are new tensors only when their masters change
+    stamp = (dtype, [p._version for p in params])
+    held = _PACKED.get(decoder)
+    if held is None or held[1] != stamp or len(held[2]) != len(params) or any(a is not b for a, b in zip(held[2], params)):
+        with torch.inference_mode(False), torch.no_grad():
+            held = _PACKED[decoder] = (PackedDecoder(decoder, dtype), stamp, params)
+    return held[0]
+
+
+# decoder -> (its packed step, the stamp it was packed at, the parameters it was packed from);
+# outside the module, so copies and pickles of a model never carry packed oneDNN tensors
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

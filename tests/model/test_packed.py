@@ -1,0 +1,148 @@
+"""The packed decoder step (model/packed.py) against the module path it stands in for."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from speechforge import precision
+from speechforge.decode.beam import beam_search
+from speechforge.decode.greedy import greedy_search
+from speechforge.model import packed
+from speechforge.recipe import validate_component
+
+V = 11
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_model(seed: int = 0, activation: str = "relu"):
+    torch.manual_seed(seed)
+    # head size 12: 1 / sqrt(12) is not a power of two, so its rounding is exercised
+    layers = {"num_layers": 2, "num_heads": 2, "d_ff": 40, "dropout": 0.1, "activation": activation}
+    spec = validate_component("models", {
+        "name": "transformer_ctc", "d_model": 24, "dropout": 0.1, "tie_embeddings": True,
+        "embedding": {"name": "conv2d", "time_reduction": 4, "channels": 4},
+        "encoder": layers, "decoder": layers,
+    }, "model")
+    return spec.build(vocab_size=V, input_dim=8).eval()
+
+
+def encoded(model, lens=(40, 27)):
+    feats = torch.randn(len(lens), max(lens), 8, generator=torch.Generator().manual_seed(1))
+    return model.encode(feats, torch.tensor(lens))
+
+
+PICKS = [[2, 0, 0], [1, 1, 2], [0, 2, 1], [2, 2, 2], [1, 0, 2]]  # beams kept, with repeats
+
+
+def stepped(model, enc_out, enc_lens, use_packed: bool, beams: int = 3, steps: int = 6):
+    """Logits of ``steps`` steps under whatever autocast is on, the beams reordered as a beam
+    search does and the first utterance dropped half way."""
+    out = []
+    with precision.autocast_weights(model):
+        with contextlib.nullcontext() if use_packed else packed.module_path():
+            state = model.init_state(enc_out, enc_lens, beams=beams)
+        assert (state.packed is not None) == use_packed
+        utts = list(range(enc_out.shape[0]))
+        tokens = torch.arange(len(utts) * beams) % (V - 5) + 5
+        for t in range(steps):
+            out.append(model.step(tokens, state).float())
+            keep = None
+            if t == steps // 2 and len(utts) > 1:
+                utts, keep = utts[1:], torch.arange(1, len(utts))
+            pick = torch.tensor(PICKS[t % len(PICKS)])
+            first = 0 if keep is None else beams  # rows of the utterances still searching
+            index = torch.cat([first + i * beams + pick for i in range(len(utts))])
+            state = state.select(index, keep)
+            tokens = (tokens.index_select(0, index) + t) % (V - 5) + 5
+    return out
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swish"])
+def test_fp32_packed_step_equals_the_module_step(activation):
+    model = small_model(activation=activation)
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)  # utterance 2 padded: the memory mask is used
+    with torch.inference_mode():
+        for got, want in zip(stepped(model, enc_out, enc_lens, True), stepped(model, enc_out, enc_lens, False), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_packed_step_is_as_close_to_fp32_as_the_module_step():
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        fp32 = stepped(model, enc_out, enc_lens, False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            modules = stepped(model, enc_out, enc_lens, False)
+            fast = stepped(model, enc_out, enc_lens, True)
+    err_modules = max(float((m - f).abs().max()) for m, f in zip(modules, fp32))
+    err_fast = max(float((p - f).abs().max()) for p, f in zip(fast, fp32))
+    assert 0 < err_fast <= 1.25 * err_modules
+
+
+def test_fp32_searches_find_what_the_module_path_finds():
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        options = dict(beam_size=4, nbest=3, ctc_weight=0.3, length_bonus=0.5)
+        for search, kwargs in ((beam_search, options), (greedy_search, {})):
+            fast = search(model, enc_out, enc_lens, **kwargs)
+            with packed.module_path():
+                modules = search(model, enc_out, enc_lens, **kwargs)
+            assert [[h.tokens for h in hyps] for hyps in fast] == [[h.tokens for h in hyps] for hyps in modules]
+            for a, b in zip(fast, modules):
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+
+
+def test_a_prefix_fed_at_once_equals_the_module_path():
+    model = small_model()
+    prefix = torch.tensor([[1, 5, 6, 7], [1, 8, 9, 5]])
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        fast = model.init_state(enc_out, enc_lens)
+        with packed.module_path():
+            modules = model.init_state(enc_out, enc_lens)
+        torch.testing.assert_close(model.step(prefix, fast), model.step(prefix, modules), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model.step(prefix[:, 0], fast), model.step(prefix[:, 0], modules), rtol=1e-5, atol=1e-5)
+
+
+def test_packed_weights_are_kept_until_a_weight_changes():
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        first = model.init_state(enc_out, enc_lens).packed
+        assert model.init_state(enc_out, enc_lens).packed is first
+        before = model.step(torch.tensor([5, 6]), model.init_state(enc_out, enc_lens))
+    with torch.no_grad():
+        model.decoder.stack.layers[0].ffn[0].weight.mul_(1.5)  # in place, as an optimizer step
+    with torch.inference_mode():
+        state = model.init_state(enc_out, enc_lens)
+        assert state.packed is not first
+        after = model.step(torch.tensor([5, 6]), state)
+        with packed.module_path():
+            want = model.step(torch.tensor([5, 6]), model.init_state(enc_out, enc_lens))
+    torch.testing.assert_close(after, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(after, before)
+
+
+def test_the_module_path_is_kept_where_packing_does_not_apply():
+    model = small_model()
+    with torch.no_grad():
+        enc_out, enc_lens = encoded(model)
+        assert model.init_state(enc_out, enc_lens).packed is not None
+    # under autograd, in training mode, or for a float64 model: the modules step
+    assert model.init_state(enc_out, enc_lens).packed is None
+    with torch.no_grad():
+        assert model.train().init_state(enc_out, enc_lens).packed is None
+        model.eval().double()
+        assert model.init_state(enc_out.double(), enc_lens).packed is None
