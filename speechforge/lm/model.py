@@ -17,6 +17,7 @@ from torch import nn
 
 from speechforge import registry
 from speechforge.model.layers import reordered
+from speechforge.model.packed import PackedDecoder, packed_decoder
 from speechforge.model.transformer import TokenDecoder
 from speechforge.recipe import Runtime, Spec, Sub
 
@@ -27,10 +28,11 @@ class LMState:
 
     caches: list[dict[str, torch.Tensor]]
     offset: int = 0
+    packed: PackedDecoder | None = None  # the step on packed weights (model/packed.py), or the modules
 
     def select(self, index: torch.Tensor) -> "LMState":
         """Reorder or repeat along the batch (beam search keeps the surviving hypotheses)."""
-        return LMState([reordered(c, index) for c in self.caches], self.offset)
+        return LMState([reordered(c, index) for c in self.caches], self.offset, self.packed)
 
 
 class TransformerLM(nn.Module):
@@ -49,14 +51,19 @@ class TransformerLM(nn.Module):
 
     def init_state(self, batch: int) -> LMState:
         # the caches fill on the first step; ``batch`` is implied by the tokens fed
-        return LMState([{} for _ in range(self.decoder.stack.num_active)])
+        packed = packed_decoder(self.decoder, self.decoder.embed.weight.device)
+        return LMState([{} for _ in range(self.decoder.stack.num_active)],
+                       packed=None if packed is None else packed.for_rows(batch))
 
     def step(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
         """Feed the newest token (B,) (or a (B, U) prefix) and return the next-token
         logits (B, V); only the new positions are computed, the caches grow in place."""
         if tokens.dim() == 1:
             tokens = tokens[:, None]
-        logits, _ = self.decoder(tokens, caches=state.caches, offset=state.offset)
+        if state.packed is not None:
+            logits = state.packed.step(tokens, None, None, state.caches, state.offset)
+        else:
+            logits, _ = self.decoder(tokens, caches=state.caches, offset=state.offset)
         state.offset += tokens.shape[1]
         return logits[:, -1]
 

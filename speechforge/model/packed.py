@@ -8,9 +8,9 @@ the sums of ``DecoderLayer`` and ``TokenDecoder`` in fewer, cheaper calls:
 - bf16 weights packed once by oneDNN (``mkldnn._reorder_linear_weight``), fp32 ones by MKL,
   where ``F.linear`` lays a weight out again at every call;
 - self-attention's q, k and v in one product, 1 / sqrt(head size) folded into the q rows;
-- attention of the new position in fp32, over keys and values cached in fp32: a batched
-  product of a few rows costs twice as much in bf16 as in fp32 on a CPU without AMX, and
-  fp32 probabilities are closer to an fp32 decode than bf16 ones;
+- for a search of a few rows (one utterance's beams), attention in fp32 over keys and values
+  cached in fp32: a batched product of a few rows costs twice as much in bf16 as in fp32 on a
+  CPU without AMX, and fp32 probabilities are closer to an fp32 decode than bf16 ones;
 - no module calls, dropout or autocast dispatch.
 
 The layer norms, the residual stream and the logits' dtype are those of the module path under
@@ -21,6 +21,7 @@ path (``packed_decoder``); tests pin it to the module path.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import weakref
 from typing import Callable
@@ -32,6 +33,7 @@ from torch import nn
 from speechforge.model.layers import DecoderLayer, DecoderStack, FeedForward, grown
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
+FP32_ATTENTION_ROWS = 16  # up to this many rows a step attends in fp32 (``PackedDecoder.for_rows``)
 
 
 def _onednn_packing() -> bool:
@@ -113,9 +115,20 @@ class PackedDecoder:
         self.final_norm = stack.norm
         self.out = _linear(decoder.out, dtype)
 
+        self.attention_dtype = torch.float32
+
+    def for_rows(self, rows: int) -> "PackedDecoder":
+        """This step for a search of ``rows`` hypotheses. Attention runs in fp32 for a few rows,
+        where a call costs more than its arithmetic and fp32 calls are the cheaper ones; for
+        many rows in the products' dtype, where the fp32 cache's bytes cost more (on the
+        bpe5k_ctc decoder fp32 was the faster at 10 rows, bf16 at 40: benchmarks/README.md)."""
+        view = copy.copy(self)
+        view.attention_dtype = torch.float32 if rows <= FP32_ATTENTION_ROWS else self.dtype
+        return view
+
     def memory(self, memory_kv: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Cross-attention keys and values as this step reads them: fp32, contiguous."""
-        return [(k.float().contiguous(), v.float().contiguous()) for k, v in memory_kv]
+        """Cross-attention keys and values as this step reads them: contiguous, in the attention's dtype."""
+        return [(k.to(self.attention_dtype).contiguous(), v.to(self.attention_dtype).contiguous()) for k, v in memory_kv]
 
     def step(
         self,
@@ -139,10 +152,9 @@ class PackedDecoder:
                 x = x + layer.ff_out(layer.activation(layer.ff_in(_norm(layer.norm3, x, dtype))))
             return self.out(_norm(self.final_norm, x, dtype))
 
-    @staticmethod
-    def _self_attend(layer: _PackedLayer, h: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _self_attend(self, layer: _PackedLayer, h: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
         n, u, d = h.shape
-        qkv = layer.qkv(h).float().view(n, u, 3, layer.heads, layer.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = layer.qkv(h).to(self.attention_dtype).view(n, u, 3, layer.heads, layer.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (N, H, U, Dh)
         index = cache.pop("index", None)
         if "k" in cache:
@@ -155,13 +167,12 @@ class PackedDecoder:
         out = scores.softmax(-1) @ v
         return layer.self_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
 
-    @staticmethod
-    def _cross_attend(layer: _PackedLayer, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    def _cross_attend(self, layer: _PackedLayer, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       valid: torch.Tensor | None) -> torch.Tensor:
         # the N / B rows (beams) that share a memory row query it together: (B, H, beams x U, Dh)
         n, u, d = h.shape
         b = k.shape[0]
-        q = layer.cross_q(h).float().view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
+        q = layer.cross_q(h).to(self.attention_dtype).view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
         scores = q @ k.transpose(-2, -1)  # (B, H, beams x U, S)
         if valid is not None:
             scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))

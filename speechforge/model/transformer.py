@@ -148,6 +148,8 @@ class TransformerCTC(nn.Module):
         # no padding (one utterance, or equal lengths): no mask to build and apply every step
         valid = padding_mask(enc_lens, enc_out.shape[1])
         packed = packed_decoder(self.decoder, enc_out.device)
+        if packed is not None:
+            packed = packed.for_rows(enc_out.shape[0] * beams)
         memory_kv = self.memory(enc_out)
         return DecoderState(
             caches=[{} for _ in range(stack.num_active)],

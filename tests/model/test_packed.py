@@ -41,7 +41,7 @@ def encoded(model, lens=(40, 27)):
     return model.encode(feats, torch.tensor(lens))
 
 
-PICKS = [[2, 0, 0], [1, 1, 2], [0, 2, 1], [2, 2, 2], [1, 0, 2]]  # beams kept, with repeats
+PICKS = [[2, 0, 0], [1, 1, 2], [0, 2, 1], [2, 2, 2], [1, 0, 2]]  # beams kept (of the first 3), with repeats
 
 
 def stepped(model, enc_out, enc_lens, use_packed: bool, beams: int = 3, steps: int = 6):
@@ -59,7 +59,7 @@ def stepped(model, enc_out, enc_lens, use_packed: bool, beams: int = 3, steps: i
             keep = None
             if t == steps // 2 and len(utts) > 1:
                 utts, keep = utts[1:], torch.arange(1, len(utts))
-            pick = torch.tensor(PICKS[t % len(PICKS)])
+            pick = torch.tensor(PICKS[t % len(PICKS)] + list(range(3, beams)))
             first = 0 if keep is None else beams  # rows of the utterances still searching
             index = torch.cat([first + i * beams + pick for i in range(len(utts))])
             state = state.select(index, keep)
@@ -77,14 +77,17 @@ def test_fp32_packed_step_equals_the_module_step(activation):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_packed_step_is_as_close_to_fp32_as_the_module_step():
+@pytest.mark.parametrize("beams", [3, 9])  # 6 rows attend in fp32, 18 in bf16
+def test_bf16_packed_step_is_as_close_to_fp32_as_the_module_step(beams):
     model = small_model()
     with torch.inference_mode():
         enc_out, enc_lens = encoded(model)
-        fp32 = stepped(model, enc_out, enc_lens, False)
+        fp32 = stepped(model, enc_out, enc_lens, False, beams)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            modules = stepped(model, enc_out, enc_lens, False)
-            fast = stepped(model, enc_out, enc_lens, True)
+            modules = stepped(model, enc_out, enc_lens, False, beams)
+            fast = stepped(model, enc_out, enc_lens, True, beams)
+            attention = model.init_state(enc_out, enc_lens, beams).packed.attention_dtype
+    assert attention == (torch.float32 if 2 * beams <= packed.FP32_ATTENTION_ROWS else torch.bfloat16)
     err_modules = max(float((m - f).abs().max()) for m, f in zip(modules, fp32))
     err_fast = max(float((p - f).abs().max()) for p, f in zip(fast, fp32))
     assert 0 < err_fast <= 1.25 * err_modules
@@ -121,13 +124,13 @@ def test_packed_weights_are_kept_until_a_weight_changes():
     with torch.inference_mode():
         enc_out, enc_lens = encoded(model)
         first = model.init_state(enc_out, enc_lens).packed
-        assert model.init_state(enc_out, enc_lens).packed is first
+        assert model.init_state(enc_out, enc_lens).packed.layers is first.layers
         before = model.step(torch.tensor([5, 6]), model.init_state(enc_out, enc_lens))
     with torch.no_grad():
         model.decoder.stack.layers[0].ffn[0].weight.mul_(1.5)  # in place, as an optimizer step
     with torch.inference_mode():
         state = model.init_state(enc_out, enc_lens)
-        assert state.packed is not first
+        assert state.packed.layers is not first.layers
         after = model.step(torch.tensor([5, 6]), state)
         with packed.module_path():
             want = model.step(torch.tensor([5, 6]), model.init_state(enc_out, enc_lens))
@@ -146,3 +149,18 @@ def test_the_module_path_is_kept_where_packing_does_not_apply():
         assert model.train().init_state(enc_out, enc_lens).packed is None
         model.eval().double()
         assert model.init_state(enc_out.double(), enc_lens).packed is None
+
+
+def test_a_language_model_steps_through_packed_weights_as_through_its_modules():
+    torch.manual_seed(0)
+    lm = validate_component("models", {"name": "transformer_lm", "d_model": 24, "decoder": {
+        "num_layers": 2, "num_heads": 2, "d_ff": 40}}, "model").build(vocab_size=V).eval()
+    prefix = torch.tensor([[1, 5, 6], [1, 7, 7]])
+    with torch.inference_mode():
+        fast = lm.init_state(2)
+        with packed.module_path():
+            modules = lm.init_state(2)
+        assert fast.packed is not None and modules.packed is None
+        for tokens in (prefix, torch.tensor([8, 9]), torch.tensor([5, 5])):
+            torch.testing.assert_close(lm.step(tokens, fast), lm.step(tokens, modules), rtol=1e-5, atol=1e-5)
+            fast, modules = fast.select(torch.tensor([1, 1])), modules.select(torch.tensor([1, 1]))
