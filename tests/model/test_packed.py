@@ -16,14 +16,6 @@ from speechforge.recipe import validate_component
 V = 11
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_model(seed: int = 0, activation: str = "relu"):
     torch.manual_seed(seed)
     # head size 12: 1 / sqrt(12) is not a power of two, so its rounding is exercised
