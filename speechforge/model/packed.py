@@ -14,8 +14,8 @@ the sums of ``DecoderLayer`` and ``TokenDecoder`` in fewer, cheaper calls:
 - no module calls, dropout or autocast dispatch.
 
 The layer norms, the residual stream and the logits' dtype are those of the module path under
-autocast, so a bf16 search sees the same products. ``TransformerCTC.init_state`` picks this
-path (``packed_decoder``); tests pin it to the module path.
+autocast, so a bf16 search sees the same products. ``TransformerCTC.init_state`` and
+``TransformerLM.init_state`` pick this path (``packed_decoder``); tests pin it to the module path.
 """
 
 from __future__ import annotations
