@@ -181,19 +181,24 @@ class PackedDecoder:
 
 
 def _standard(decoder: nn.Module) -> bool:
-    """A TokenDecoder whose active layers are speechforge's own pre-norm decoder layers."""
+    """A TokenDecoder whose active layers are speechforge's own pre-norm decoder layers, with
+    every norm still a LayerNorm and every feed-forward still (linear, activation, dropout,
+    linear): what ``PackedDecoder`` computes. A plugin that swaps any of them gets the modules."""
     stack = getattr(decoder, "stack", None)
-    if type(stack) is not DecoderStack:
+    if type(stack) is not DecoderStack or type(stack.norm) is not nn.LayerNorm:
         return False
-    layers = stack.layers[: stack.num_active]
-    return all(
-        type(layer) is DecoderLayer and type(layer.ffn) is FeedForward and len(layer.ffn) == 4
-        and type(layer.norm1) is nn.LayerNorm
-        for layer in layers
-    )
+
+    def standard(layer: nn.Module) -> bool:
+        if type(layer) is not DecoderLayer or type(layer.ffn) is not FeedForward or len(layer.ffn) != 4:
+            return False
+        norms = [layer.norm1, layer.norm3] + ([layer.norm2] if layer.cross else [])
+        return all(type(n) is nn.LayerNorm for n in norms) and all(
+            type(m) is nn.Linear for m in (layer.ffn[0], layer.ffn[3]))
+
+    return all(standard(layer) for layer in stack.layers[: stack.num_active])
 
 
-def search_dtype(device: torch.device) -> torch.dtype | None:
+def search_dtype(device: torch.device) -> torch.dtype:
     """The dtype a search's products take on ``device``: autocast's, else fp32."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)

@@ -156,3 +156,11 @@ def test_a_language_model_steps_through_packed_weights_as_through_its_modules():
         for tokens in (prefix, torch.tensor([8, 9]), torch.tensor([5, 5])):
             torch.testing.assert_close(lm.step(tokens, fast), lm.step(tokens, modules), rtol=1e-5, atol=1e-5)
             fast, modules = fast.select(torch.tensor([1, 1])), modules.select(torch.tensor([1, 1]))
+
+
+def test_a_decoder_with_a_swapped_norm_keeps_the_module_path():
+    model = small_model()
+    model.decoder.stack.layers[1].norm3 = torch.nn.RMSNorm(24)  # as a plugin might
+    with torch.no_grad():
+        enc_out, enc_lens = encoded(model)
+        assert model.init_state(enc_out, enc_lens).packed is None
