@@ -100,13 +100,25 @@ def lay_out_convs(module: nn.Module, precision: str, training: bool) -> None:
             layer.to(memory_format=layout)
 
 
+def version_stamp(tensors: list[torch.Tensor]) -> list[tuple[int, int]] | None:
+    """What tells whether weights derived from ``tensors`` are stale: each one's data pointer
+    and version (an optimizer step or a load bumps it), or None where one is an inference
+    tensor (made under ``torch.inference_mode``), whose changes nothing tracks: derive
+    afresh each time then, hold nothing."""
+    if any(t.is_inference() for t in tensors):
+        return None
+    return [(t.data_ptr(), t._version) for t in tensors]
+
+
 # id of an fp32 parameter -> (a weak reference to it, its data pointer and version when
 # cast, the cast copy). Keyed by id: tensors compare elementwise, so cannot be dict keys.
-_CASTS: dict[int, tuple[weakref.ref, tuple[int, int], torch.Tensor]] = {}
+_CASTS: dict[int, tuple[weakref.ref, list[tuple[int, int]], torch.Tensor]] = {}
 
 
 def _cast(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    stamp = (param.data_ptr(), param._version)
+    stamp = version_stamp([param])
+    if stamp is None:
+        return nn.Parameter(param.detach().to(dtype), requires_grad=False)
     held = _CASTS.get(id(param))
     if held is None or held[0]() is not param or held[1] != stamp or held[2].dtype != dtype:
         if held is None or held[0]() is not param:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechforge.model.dropout import dropout
+from speechforge.precision import version_stamp
 
 _HALF = (torch.bfloat16, torch.float16)
 
@@ -86,11 +87,13 @@ class MultiHeadAttention(nn.Module):
         # keyed on the tensors themselves (held, so never confused with a later one) and
         # their versions: a search swaps in cast weights, an optimizer step bumps versions
         params = [t for p in (self.q_proj, self.k_proj, self.v_proj) for t in (p.weight, p.bias)]
-        versions = [t._version for t in params]
+        stamp = version_stamp(params)
         held = self.__dict__.get("_qkv")
-        if held is None or held[2] != versions or any(a is not b for a, b in zip(held[1], params)):
+        if stamp is None or held is None or held[2] != stamp or any(a is not b for a, b in zip(held[1], params)):
             fused = (torch.cat(params[0::2]), torch.cat(params[1::2]))
-            held = self.__dict__["_qkv"] = (fused, params, versions)
+            if stamp is None:
+                return fused
+            held = self.__dict__["_qkv"] = (fused, params, stamp)
         return held[0]
 
     def forward(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechforge.model.layers import DecoderLayer, DecoderStack, FeedForward, grown
+from speechforge.precision import version_stamp
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
 FP32_ATTENTION_ROWS = 16  # up to this many rows a step attends in fp32 (``PackedDecoder.for_rows``)
@@ -236,11 +237,15 @@ def packed_decoder(decoder: nn.Module, device: torch.device) -> PackedDecoder | 
     # keyed on the tensors themselves (held, so never confused with later ones) and their
     # versions: an optimizer step or a load bumps them; a search's cast copies (precision.
     # autocast_weights) are new tensors only when their masters change
-    stamp = (dtype, [p._version for p in params])
+    stamp = version_stamp(params)
     held = _PACKED.get(decoder)
-    if held is None or held[1] != stamp or len(held[2]) != len(params) or any(a is not b for a, b in zip(held[2], params)):
+    if (stamp is None or held is None or held[1] != (dtype, stamp) or len(held[2]) != len(params)
+            or any(a is not b for a, b in zip(held[2], params))):
         with torch.inference_mode(False), torch.no_grad():
-            held = _PACKED[decoder] = (PackedDecoder(decoder, dtype), stamp, params)
+            packed = PackedDecoder(decoder, dtype)
+        if stamp is None:
+            return packed
+        held = _PACKED[decoder] = (packed, (dtype, stamp), params)
     return held[0]
 
 

@@ -164,3 +164,18 @@ def test_a_decoder_with_a_swapped_norm_keeps_the_module_path():
     with torch.no_grad():
         enc_out, enc_lens = encoded(model)
         assert model.init_state(enc_out, enc_lens).packed is None
+
+
+def test_a_model_built_under_inference_mode_decodes_on_either_path():
+    # inference tensors keep no version counter: nothing derived from them is held
+    with torch.inference_mode():
+        model = small_model()
+        enc_out, enc_lens = encoded(model)
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                fast = beam_search(model, enc_out, enc_lens, beam_size=3, ctc_weight=0.3)
+                with packed.module_path():
+                    modules = beam_search(model, enc_out, enc_lens, beam_size=3, ctc_weight=0.3)
+            assert all(h and h[0].tokens is not None for h in fast + modules)
+            if not bf16:
+                assert [h[0].tokens for h in fast] == [h[0].tokens for h in modules]
