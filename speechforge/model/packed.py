@@ -115,8 +115,7 @@ class PackedDecoder:
         self.layers = [_PackedLayer(layer, dtype) for layer in stack.layers[: stack.num_active]]
         self.final_norm = stack.norm
         self.out = _linear(decoder.out, dtype)
-
-        self.attention_dtype = torch.float32
+        self.attention_dtype = torch.float32  # ``for_rows`` sets it for a search
 
     def for_rows(self, rows: int) -> "PackedDecoder":
         """This step for a search of ``rows`` hypotheses. Attention runs in fp32 for a few rows,
@@ -140,7 +139,7 @@ class PackedDecoder:
         offset: int,
     ) -> torch.Tensor:
         """Logits (N, U, V) of the new positions; ``caches`` as ``DecoderLayer`` keeps them
-        (a pending ``index`` reorders the past), in fp32."""
+        (a pending ``index`` reorders the past), in the attention's dtype."""
         dtype = self.dtype
         # every dtype is chosen here: autocast would round the fp32 attention to bf16
         with torch.autocast("cpu", enabled=False):
