@@ -51,19 +51,15 @@ class TransformerLM(nn.Module):
 
     def init_state(self, batch: int) -> LMState:
         # the caches fill on the first step; ``batch`` is implied by the tokens fed
-        packed = packed_decoder(self.decoder, self.decoder.embed.weight.device)
         return LMState([{} for _ in range(self.decoder.stack.num_active)],
-                       packed=None if packed is None else packed.for_rows(batch))
+                       packed=packed_decoder(self.decoder, self.decoder.embed.weight.device, rows=batch))
 
     def step(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
         """Feed the newest token (B,) (or a (B, U) prefix) and return the next-token
         logits (B, V); only the new positions are computed, the caches grow in place."""
         if tokens.dim() == 1:
             tokens = tokens[:, None]
-        if state.packed is not None:
-            logits = state.packed.step(tokens, None, None, state.caches, state.offset)
-        else:
-            logits, _ = self.decoder(tokens, caches=state.caches, offset=state.offset)
+        logits = self.decoder.step(tokens, None, None, state.caches, state.offset, state.packed)
         state.offset += tokens.shape[1]
         return logits[:, -1]
 

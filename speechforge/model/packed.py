@@ -219,9 +219,9 @@ def module_path():
 _ENABLED = True
 
 
-def packed_decoder(decoder: nn.Module, device: torch.device) -> PackedDecoder | None:
-    """The packed step of ``decoder`` for a search on ``device``, or None where the module path
-    is the one to take: off the CPU (a GPU step is not bound by calls), while training or
+def packed_decoder(decoder: nn.Module, device: torch.device, rows: int) -> PackedDecoder | None:
+    """The packed step of ``decoder`` for a search of ``rows`` hypotheses on ``device``
+    (``PackedDecoder.for_rows``), or None where the module path is the one to take: off the CPU (a GPU step is not bound by calls), while training or
     under autograd, in a trace or compile, for decoders with other layers, or where the
     parameters are not fp32 masters. Kept on the decoder and remade when a weight changes."""
     if (not _ENABLED or device.type != "cpu" or decoder.training or torch.is_grad_enabled() or torch.jit.is_tracing()
@@ -243,9 +243,9 @@ def packed_decoder(decoder: nn.Module, device: torch.device) -> PackedDecoder | 
         with torch.inference_mode(False), torch.no_grad():
             packed = PackedDecoder(decoder, dtype)
         if stamp is None:
-            return packed
+            return packed.for_rows(rows)
         held = _PACKED[decoder] = (packed, (dtype, stamp), params)
-    return held[0]
+    return held[0].for_rows(rows)
 
 
 # decoder -> (its packed step, the stamp it was packed at, the parameters it was packed from);

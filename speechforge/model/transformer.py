@@ -89,6 +89,21 @@ class TokenDecoder(nn.Module):
         x, weights = self.stack(x, memory_kv, memory_valid, caches, need_weights)
         return self.out(x), weights  # (B, U, V)
 
+    def step(
+        self,
+        tokens: torch.Tensor,  # (B, U): the new positions
+        memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
+        memory_valid: torch.Tensor | None,
+        caches: list[dict[str, torch.Tensor]],
+        offset: int,
+        packed: PackedDecoder | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, U, V) of the new positions through the caches: on ``packed`` weights
+        when a search has them (model/packed.py), else through the modules."""
+        if packed is not None:
+            return packed.step(tokens, memory_kv, memory_valid, caches, offset)
+        return self(tokens, memory_kv, memory_valid, caches, offset)[0]
+
 
 class TransformerCTC(nn.Module):
     def __init__(
@@ -147,9 +162,7 @@ class TransformerCTC(nn.Module):
         stack = self.decoder.stack
         # no padding (one utterance, or equal lengths): no mask to build and apply every step
         valid = padding_mask(enc_lens, enc_out.shape[1])
-        packed = packed_decoder(self.decoder, enc_out.device)
-        if packed is not None:
-            packed = packed.for_rows(enc_out.shape[0] * beams)
+        packed = packed_decoder(self.decoder, enc_out.device, rows=enc_out.shape[0] * beams)
         memory_kv = self.memory(enc_out)
         return DecoderState(
             caches=[{} for _ in range(stack.num_active)],
@@ -166,10 +179,8 @@ class TransformerCTC(nn.Module):
         next-token logits (B, V). Only the new positions are computed."""
         if tokens.dim() == 1:
             tokens = tokens[:, None]
-        if state.packed is not None:
-            logits = state.packed.step(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset)
-        else:
-            logits, _ = self.decoder(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset)
+        logits = self.decoder.step(tokens, state.memory_kv, state.memory_valid, state.caches, state.offset,
+                                   state.packed)
         state.offset += tokens.shape[1]
         return logits[:, -1]
 
