@@ -99,13 +99,13 @@ def test_export_of_the_last_checkpoint_goes_to_its_own_folder_and_replaces_an_ol
     assert not (tiny_run / "onnx-last.partial").exists()
 
 
-def test_a_conformer_run_exports_with_its_batch_norm_in_evaluation_mode(tmp_path):
+def test_a_conformer_run_exports_with_its_batch_norm_in_evaluation_mode(tmp_path, hw4p2_root):
     """The Conformer's batch norm makes the mode matter: the parity check at export (which
     refuses a graph more than 1e-3 from PyTorch) must compare against the model in
     evaluation mode, which torch.onnx.export would otherwise leave in training mode."""
-    from tests.conftest import HW4P2, write_tiny_recipe
+    from tests.conftest import write_tiny_recipe
 
-    recipe = write_tiny_recipe(tmp_path / "tiny.toml", HW4P2, max_frames=6000, max_len=10)
+    recipe = write_tiny_recipe(tmp_path / "tiny.toml", hw4p2_root, max_frames=6000, max_len=10)
     run_dir = tmp_path / "run"
     assert main(["--quiet", "run", str(recipe), "--run-dir", str(run_dir), "--set", "trainer.epochs=1",
                  "--set", "trainer.max_steps=2", "--set", "trainer.trackers=[]",
