@@ -129,8 +129,10 @@ class TransformerCTC(nn.Module):
         x, lens = self.embedding(feats, feat_lens)
         lens = lens.clamp(min=1, max=x.shape[1])
         valid = padding_mask(lens, x.shape[1])
-        # all-full batches skip the mask so attention stays on the fused kernel
-        return self.encoder(x, None if bool(valid.all()) else valid), lens
+        # all-full batches skip the mask so attention stays on the fused kernel; a compiled
+        # graph keeps it instead of breaking in two to read the check back from the device
+        full = not torch.compiler.is_compiling() and bool(valid.all())
+        return self.encoder(x, None if full else valid), lens
 
     def ctc_log_probs(self, enc_out: torch.Tensor) -> torch.Tensor:
         if self.ctc_head is None:
