@@ -23,6 +23,7 @@ pinned host memory and non-blocking copies. The table comes last; `--json` write
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -93,18 +94,20 @@ def dense_bf16_rate(device: torch.device, n: int) -> float:
 
 
 def train(args, device: torch.device, mixed: str, batch) -> dict:
-    """One precision: timed steps, FLOPs of a step, peak memory, then the parity run."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """One precision: FLOPs of a step, the parity run, then timed steps and peak memory."""
     feats, feat_lens, tokens_in, tokens_out, token_lens = batch
     model, loss_fn = build_model(args.seed, args.recipe)
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=device.type == "cuda")
+    # FLOPs are counted on an eager copy: a dispatch mode around a compiled model would recompile it
+    flops = count_flops(copy.deepcopy(model), loss_fn, mixed, device, batch)
+    # what `trainer.compile = true` does; the first step's time is then mostly compiling
+    net = model if args.compile is None else torch.compile(model, dynamic=None, mode=args.compile)
 
     def step() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
         with precision.autocast(mixed, device):
-            out = model(feats, feat_lens, tokens_in)
+            out = net(feats, feat_lens, tokens_in)
         loss = loss_fn(out, tokens_out, token_lens)["loss"]
         loss.backward()
         opt.step()
@@ -112,10 +115,11 @@ def train(args, device: torch.device, mixed: str, batch) -> dict:
 
     # the parity run first, from the seeded weights: the same dropout draws in both precisions
     torch.manual_seed(args.seed + 1)
-    losses = [float(step()) for _ in range(args.steps)]
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
+    sync(device)
+    start = time.perf_counter()
+    losses = [float(step())]
+    first_step_s = time.perf_counter() - start
+    losses += [float(step()) for _ in range(args.steps - 1)]
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
@@ -129,7 +133,19 @@ def train(args, device: torch.device, mixed: str, batch) -> dict:
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     return {"precision": precision.name(mixed), "s_per_step": seconds, "frames_per_s": float(feat_lens.sum()) / seconds,
             "flops_per_step": flops, "peak_mb": peak, "first_loss": losses[0], "final_loss": losses[-1],
-            "model": model}
+            "first_step_s": first_step_s, "model": model}
+
+
+def count_flops(model: torch.nn.Module, loss_fn, mixed: str, device: torch.device, batch) -> int:
+    """FLOPs of one forward and backward (torch.utils.flop_counter: products, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    feats, feat_lens, tokens_in, tokens_out, token_lens = batch
+    with FlopCounterMode(display=False) as counter:
+        with precision.autocast(mixed, device):
+            out = model(feats, feat_lens, tokens_in)
+        loss_fn(out, tokens_out, token_lens)["loss"].backward()
+    return counter.get_total_flops()
 
 
 def decode(args, device: torch.device, model: torch.nn.Module) -> dict:
@@ -164,6 +180,8 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--recipe", type=Path, default=RECIPE,
                         help="another model on the same batch, e.g. recipes/conformer_bpe5k_ctc.toml (5000 tokens)")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                        help="torch.compile the model as trainer.compile does (MODE: default, reduce-overhead, ...)")
     parser.add_argument("--batch-scale", type=int, default=1,
                         help="the harness batch repeated N times (N x 8 utterances): where bf16 starts to pay on a GPU")
     args = parser.parse_args()
@@ -182,7 +200,7 @@ def main() -> int:
         return 2
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({', '.join(precision.cpu_bf16_flags()) or 'no bf16 flags'})"
     precision.allow_tf32(device)
-    print(f"device: {name}; torch {torch.__version__}; model: {args.recipe.name}; "
+    print(f"device: {name}; torch {torch.__version__}; model: {args.recipe.name}; compile: {args.compile or 'no'}; "
           f"batch: {len(frames)} utterances, {sum(frames)} frames", flush=True)
     rate = dense_bf16_rate(device, 512 if args.quick else 8192)
     print(f"dense bf16 matrix product: {rate / 1e12:.1f} TFLOP/s", flush=True)
@@ -193,13 +211,13 @@ def main() -> int:
         model = r.pop("model")
         r["mfu"] = r["flops_per_step"] / r["s_per_step"] / rate
         results[r["precision"]] = r
-        print(f"trained {r['precision']}: {r['s_per_step']:.3f} s/step", flush=True)
+        print(f"trained {r['precision']}: {r['s_per_step']:.3f} s/step (first step {r['first_step_s']:.1f} s)", flush=True)
     results["decode"] = decode(args, device, model)  # the bf16-trained model
 
     fp32, bf16 = results["fp32"], results["bf16"]
     gap = abs(bf16["final_loss"] - fp32["final_loss"]) / fp32["final_loss"]
     parity = gap <= args.tolerance
-    results.update(recipe=args.recipe.name, batch_utterances=len(frames), device=name, dense_bf16_tflops=rate / 1e12, loss_gap=gap, parity=parity)
+    results.update(recipe=args.recipe.name, compile=args.compile, batch_utterances=len(frames), device=name, dense_bf16_tflops=rate / 1e12, loss_gap=gap, parity=parity)
     print(f"\n{'':<6}{'frames/s':>10}{'s/step':>9}{'peak MB':>9}{'GFLOP/step':>12}{'MFU':>7}"
           f"{'loss 1st':>10}{'loss ' + str(args.steps):>10}")
     for r in (fp32, bf16):
