@@ -17,7 +17,8 @@ initial weights and the same dropout draws:
   hypothesis forced to 100 tokens (the harness's equal-work rule), in bf16.
 
 The speed path is what `speechforge run` takes on a GPU: bf16 autocast, TF32, fused Adam,
-pinned host memory and non-blocking copies. The table comes last; `--json` writes it too.
+pinned host memory and non-blocking copies. `--compile [MODE]` times the model
+under torch.compile, as `trainer.compile = true` runs it. The table comes last; `--json` writes it too.
 """
 
 from __future__ import annotations
