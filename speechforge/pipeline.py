@@ -11,6 +11,7 @@ import torch
 
 from speechforge import experiment, recipe as recipe_mod
 from speechforge.decode.outputs import decode_batches, decode_tag, decoder_defaults, gather_records, write_outputs
+from speechforge.model.packed import product_choices
 from speechforge.model.transformer import count_parameters
 from speechforge.precision import name as precision_name, resolve as resolve_precision
 from speechforge.recipe import Recipe, RecipeError
@@ -200,11 +201,26 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=No
             log(f"decode {tag} {role}: {capped} of {len(records)} hypotheses stopped at the length cap "
                 f"(decode.max_len_ratio x encoder frames, or decode.max_len) without <eos>, maybe cut short; "
                 f"raise decode.max_len_ratio or decode.max_len if they are")
+    products = searched_products(model)
+    if state.is_main_process and products:
+        log(f"decode {tag}: bf16 search products, measured on this CPU: " + "; ".join(
+            f"{rows} rows in {dtype} (a bf16 step took {ratio:.2f}x an fp32 one)" for rows, (dtype, ratio) in products.items()))
     if state.is_main_process and results:  # no split to decode (dev and test both null): no folder
         (folder / "metrics.json").write_text(json.dumps(
-            {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision), **results}, indent=2))
+            {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision),
+             **({"search_products": {rows: dtype for rows, (dtype, _) in products.items()}} if products else {}),
+             **results}, indent=2))
     results["folder"] = str(folder)
     return results
+
+
+def searched_products(model) -> dict[int, tuple[str, float]]:
+    """rows -> (the dtype bf16 searches multiplied in, bf16 step time / fp32 step time), as
+    the decoder's packed step measured them (model/packed.py); empty where none was measured."""
+    decoder = getattr(model, "decoder", None)
+    if not isinstance(decoder, torch.nn.Module):
+        return {}
+    return {rows: (str(dtype).removeprefix("torch."), ratio) for rows, (dtype, ratio) in product_choices(decoder).items()}
 
 
 def decode_precision(recipe: Recipe, device) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 import weakref
 from typing import Callable
 
@@ -45,11 +46,11 @@ def _mkl_packing() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def rounded(t: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
-    """``t`` in ``dtype``, times ``scale``; rounded to ``dtype`` before the scale, so that the
-    same comes from an fp32 master as from the cast copy a search swaps in
+def rounded(t: torch.Tensor, dtype: torch.dtype, scale: float = 1.0, weights: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` in ``dtype``, times ``scale``; rounded to ``weights`` (default ``dtype``) before the
+    scale, so that the same comes from an fp32 master as from the cast copy a search swaps in
     (precision.autocast_weights)."""
-    t = t.detach().to(dtype)
+    t = t.detach().to(weights or dtype).to(dtype)
     return t if scale == 1.0 else (t.float() * scale).to(dtype)
 
 
@@ -68,13 +69,13 @@ def packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1
     return lambda x: F.linear(x, weight, bias)
 
 
-def _linear(layer: nn.Linear, dtype: torch.dtype, scale: float = 1.0) -> Linear:
-    bias = None if layer.bias is None else rounded(layer.bias, dtype, scale)
-    return packed_linear(rounded(layer.weight, dtype, scale), bias)
+def _linear(layer: nn.Linear, dtype: torch.dtype, scale: float = 1.0, weights: torch.dtype | None = None) -> Linear:
+    bias = None if layer.bias is None else rounded(layer.bias, dtype, scale, weights)
+    return packed_linear(rounded(layer.weight, dtype, scale, weights), bias)
 
 
 class _PackedLayer:
-    def __init__(self, layer: DecoderLayer, dtype: torch.dtype):
+    def __init__(self, layer: DecoderLayer, dtype: torch.dtype, weights: torch.dtype):
         sa = layer.self_attn
         self.heads, self.head_dim = sa.num_heads, sa.head_dim
         scale = 1.0 / math.sqrt(self.head_dim)
@@ -82,20 +83,20 @@ class _PackedLayer:
         # q, k and v side by side (q rows scaled): one product
         scales = (scale, 1.0, 1.0)
         self.qkv = packed_linear(
-            torch.cat([rounded(p.weight, dtype, c) for p, c in zip(projections, scales)]),
-            torch.cat([rounded(p.bias, dtype, c) for p, c in zip(projections, scales)]))
-        self.self_out = _linear(sa.out_proj, dtype)
+            torch.cat([rounded(p.weight, dtype, c, weights) for p, c in zip(projections, scales)]),
+            torch.cat([rounded(p.bias, dtype, c, weights) for p, c in zip(projections, scales)]))
+        self.self_out = _linear(sa.out_proj, dtype, weights=weights)
         self.norm1, self.norm3 = layer.norm1, layer.norm3
         self.cross = layer.cross
         if layer.cross:
             ca = layer.cross_attn
             self.norm2 = layer.norm2
-            self.cross_q = _linear(ca.q_proj, dtype, scale)
-            self.cross_out = _linear(ca.out_proj, dtype)
+            self.cross_q = _linear(ca.q_proj, dtype, scale, weights)
+            self.cross_out = _linear(ca.out_proj, dtype, weights=weights)
         ffn = layer.ffn
-        self.ff_in = _linear(ffn[0], dtype)
+        self.ff_in = _linear(ffn[0], dtype, weights=weights)
         self.activation = ffn[1]
-        self.ff_out = _linear(ffn[3], dtype)
+        self.ff_out = _linear(ffn[3], dtype, weights=weights)
         self.dtype = dtype
 
 
@@ -105,16 +106,18 @@ def _norm(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tens
 
 
 class PackedDecoder:
-    """A ``TokenDecoder``'s step, on weights packed for ``dtype``. Build with ``packed_decoder``."""
+    """A ``TokenDecoder``'s step, on weights packed for ``dtype`` (products and activations) after
+    rounding to ``weights`` (default ``dtype``: bf16 weights multiplied in fp32 are a bf16
+    search's on fp32 products). Build with ``packed_decoder``."""
 
-    def __init__(self, decoder: nn.Module, dtype: torch.dtype):
+    def __init__(self, decoder: nn.Module, dtype: torch.dtype, weights: torch.dtype | None = None):
         # its parts, not the decoder: the decoder's cache of this object must not keep it alive
         self.embed, self.pos, self.scale = decoder.embed, decoder.pos, decoder.scale
         self.dtype = dtype
         stack = decoder.stack
-        self.layers = [_PackedLayer(layer, dtype) for layer in stack.layers[: stack.num_active]]
+        self.layers = [_PackedLayer(layer, dtype, weights or dtype) for layer in stack.layers[: stack.num_active]]
         self.final_norm = stack.norm
-        self.out = _linear(decoder.out, dtype)
+        self.out = _linear(decoder.out, dtype, weights=weights)
         self.attention_dtype = torch.float32  # ``for_rows`` sets it for a search
 
     def for_rows(self, rows: int) -> "PackedDecoder":
@@ -199,7 +202,7 @@ def _standard(decoder: nn.Module) -> bool:
 
 
 def search_dtype(device: torch.device) -> torch.dtype:
-    """The dtype a search's products take on ``device``: autocast's, else fp32."""
+    """The dtype a search asks for on ``device``: autocast's, else fp32."""
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return torch.float32
@@ -216,14 +219,92 @@ def module_path():
         _ENABLED = before
 
 
+@contextlib.contextmanager
+def products(dtype: torch.dtype | None):
+    """Within, a bf16 search multiplies in ``dtype`` without measuring which is faster
+    (None: measure, the default). Tests and benchmarks pin it; so can a user who wants the
+    same products on every machine."""
+    global _PRODUCTS
+    before, _PRODUCTS = _PRODUCTS, dtype
+    try:
+        yield
+    finally:
+        _PRODUCTS = before
+
+
 _ENABLED = True
+_PRODUCTS: torch.dtype | None = None
+# fp32 products replace bf16 ones only when this much faster: near a tie the asked-for
+# precision stays, so that a noisy probe does not flip a machine's transcripts between runs
+FP32_MARGIN = 0.8
+
+
+def _step_seconds(step: PackedDecoder, rows: int, steps: int = 6, frames: int = 64) -> float:
+    """``steps`` steps of ``rows`` hypotheses over a memory of ``frames`` frames, as a search
+    takes them. Whole steps, not the products alone: the casts between bf16 products and fp32
+    attention and norms, and weights streaming through the caches between products, are part
+    of what differs (products timed alone put bf16 and fp32 level where whole bf16 steps took
+    1.3x as long; benchmarks/README.md)."""
+    g = torch.Generator().manual_seed(0)
+    memory = [None if not layer.cross else tuple(
+        torch.randn(1, layer.heads, frames, layer.head_dim, generator=g) for _ in "kv") for layer in step.layers]
+    memory = step.memory(memory) if any(m is not None for m in memory) else None
+    caches = [{} for _ in step.layers]
+    tokens = torch.zeros(rows, 1, dtype=torch.long)
+    t0 = time.perf_counter()
+    for t in range(steps):
+        step.step(tokens, memory, None, caches, t)
+    return time.perf_counter() - t0
+
+
+class _Packs:
+    """One decoder's packed steps by dtype, packed from the parameters at ``stamp``."""
+
+    def __init__(self, stamp, params: list[torch.Tensor]):
+        self.stamp, self.params = stamp, params
+        self.steps: dict[tuple[torch.dtype, torch.dtype], PackedDecoder] = {}  # (products, weights) ->
+
+    def current(self, stamp, params: list[torch.Tensor]) -> bool:
+        return (stamp is not None and self.stamp == stamp and len(self.params) == len(params)
+                and all(a is b for a, b in zip(self.params, params)))
+
+    def step(self, decoder: nn.Module, dtype: torch.dtype, weights: torch.dtype) -> PackedDecoder:
+        if (dtype, weights) not in self.steps:
+            with torch.inference_mode(False), torch.no_grad():
+                self.steps[dtype, weights] = PackedDecoder(decoder, dtype, weights)
+        return self.steps[dtype, weights]
+
+
+def _bf16_products(decoder: nn.Module, packs: _Packs, rows: int) -> torch.dtype:
+    """bf16, unless fp32 products measure faster for this many rows. On CPUs without AMX
+    either can win at a search's few rows: oneDNN's bf16 kernels or MKL's fp32 ones
+    (benchmarks/README.md, "bf16 or fp32 products"). Measured once per decoder and row count
+    (the exact count: oneDNN's blocking made 16 rows as fast in bf16 as in fp32 where 10 took
+    1.3x as long); the answer depends on the shapes, not on the weights' values."""
+    choices = _CHOICES.setdefault(decoder, {})
+    if rows not in choices:
+        steps = [packs.step(decoder, dtype, torch.bfloat16).for_rows(rows) for dtype in (torch.bfloat16, torch.float32)]
+        with torch.no_grad():
+            for step in steps:  # oneDNN builds a kernel per new shape: not timed
+                _step_seconds(step, rows, steps=1)
+            bf16, fp32 = (min(_step_seconds(step, rows) for _ in range(2)) for step in steps)
+        choices[rows] = (torch.float32 if fp32 < FP32_MARGIN * bf16 else torch.bfloat16, bf16 / fp32)
+    return choices[rows][0]
+
+
+def product_choices(decoder: nn.Module) -> dict[int, tuple[torch.dtype, float]]:
+    """What bf16 searches of ``decoder`` measured so far: rows -> (the products' dtype,
+    bf16 time / fp32 time), for the run log."""
+    return dict(_CHOICES.get(decoder, {}))
 
 
 def packed_decoder(decoder: nn.Module, device: torch.device, rows: int) -> PackedDecoder | None:
     """The packed step of ``decoder`` for a search of ``rows`` hypotheses on ``device``
-    (``PackedDecoder.for_rows``), or None where the module path is the one to take: off the CPU (a GPU step is not bound by calls), while training or
-    under autograd, in a trace or compile, for decoders with other layers, or where the
-    parameters are not fp32 masters. Kept on the decoder and remade when a weight changes."""
+    (``PackedDecoder.for_rows``), or None where the module path is the one to take: off the
+    CPU (a GPU step is not bound by calls), while training or under autograd, in a trace or
+    compile, for decoders with other layers, or where the parameters are not fp32 masters.
+    Kept on the decoder and remade when a weight changes. A bf16 search takes fp32 products
+    where they measure faster (``_Packs.bf16_products``)."""
     if (not _ENABLED or device.type != "cpu" or decoder.training or torch.is_grad_enabled() or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or not _standard(decoder)):
         return None
@@ -238,16 +319,18 @@ def packed_decoder(decoder: nn.Module, device: torch.device, rows: int) -> Packe
     # autocast_weights) are new tensors only when their masters change
     stamp = version_stamp(params)
     held = _PACKED.get(decoder)
-    if (stamp is None or held is None or held[1] != (dtype, stamp) or len(held[2]) != len(params)
-            or any(a is not b for a, b in zip(held[2], params))):
-        with torch.inference_mode(False), torch.no_grad():
-            packed = PackedDecoder(decoder, dtype)
-        if stamp is None:
-            return packed.for_rows(rows)
-        held = _PACKED[decoder] = (packed, (dtype, stamp), params)
-    return held[0].for_rows(rows)
+    if held is None or not held.current(stamp, params):
+        held = _Packs(stamp, params)
+        if stamp is not None:
+            _PACKED[decoder] = held
+    weights = dtype
+    if dtype == torch.bfloat16:
+        dtype = _PRODUCTS or _bf16_products(decoder, held, rows)
+    return held.step(decoder, dtype, weights).for_rows(rows)
 
 
-# decoder -> (its packed step, the stamp it was packed at, the parameters it was packed from);
-# outside the module, so copies and pickles of a model never carry packed oneDNN tensors
+# decoder -> its _Packs; outside the module, so copies and pickles of a model never carry
+# packed oneDNN tensors
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# decoder -> {rows: (the products' dtype for a bf16 search, bf16 time / fp32 time)}
+_CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

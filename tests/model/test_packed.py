@@ -75,7 +75,7 @@ def test_bf16_packed_step_is_as_close_to_fp32_as_the_module_step(beams):
     with torch.inference_mode():
         enc_out, enc_lens = encoded(model)
         fp32 = stepped(model, enc_out, enc_lens, False, beams)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), packed.products(torch.bfloat16):
             modules = stepped(model, enc_out, enc_lens, False, beams)
             fast = stepped(model, enc_out, enc_lens, True, beams)
             attention = model.init_state(enc_out, enc_lens, beams).packed.attention_dtype
@@ -83,6 +83,50 @@ def test_bf16_packed_step_is_as_close_to_fp32_as_the_module_step(beams):
     err_modules = max(float((m - f).abs().max()) for m, f in zip(modules, fp32))
     err_fast = max(float((p - f).abs().max()) for p, f in zip(fast, fp32))
     assert 0 < err_fast <= 1.25 * err_modules
+
+
+def test_a_bf16_search_on_fp32_products_is_closer_to_fp32_than_on_bf16_products():
+    # the weights are the bf16-rounded ones either way (precision.autocast_weights); only
+    # the products' and activations' dtype differs
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        fp32 = stepped(model, enc_out, enc_lens, True)
+        asked = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16), packed.products(dtype):
+                assert model.init_state(enc_out, enc_lens, beams=3).packed.dtype == dtype
+                asked[dtype] = stepped(model, enc_out, enc_lens, True)
+    err = {dtype: max(float((a - f).abs().max()) for a, f in zip(out, fp32, strict=True)) for dtype, out in asked.items()}
+    assert 0 < err[torch.float32] < err[torch.bfloat16]
+
+
+@pytest.mark.parametrize("bf16_s, fp32_s, want", [
+    (1.5, 1.0, torch.float32),   # fp32 steps a third faster: taken
+    (1.1, 1.0, torch.bfloat16),  # within the margin: the asked-for bf16 stays
+    (0.6, 1.0, torch.bfloat16),
+])
+def test_a_bf16_search_takes_fp32_products_only_where_they_measure_clearly_faster(monkeypatch, bf16_s, fp32_s, want):
+    model = small_model()
+    calls = []
+
+    def timed(step, rows, steps=6, frames=64):
+        calls.append((step.dtype, rows))
+        return bf16_s if step.dtype == torch.bfloat16 else fp32_s
+
+    monkeypatch.setattr(packed, "_step_seconds", timed)
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.init_state(enc_out, enc_lens, beams=3).packed.dtype == want
+        measured = len(calls)
+        assert {rows for _, rows in calls} == {6}  # 2 utterances x 3 beams
+        # measured once per row count: the same search again reads the choice
+        assert model.init_state(enc_out, enc_lens, beams=3).packed.dtype == want
+        assert len(calls) == measured
+        model.init_state(enc_out, enc_lens, beams=2)
+        assert {rows for _, rows in calls[measured:]} == {4}
+    assert packed.product_choices(model.decoder) == {6: (want, bf16_s / fp32_s), 4: (want, bf16_s / fp32_s)}
 
 
 def test_fp32_searches_find_what_the_module_path_finds():

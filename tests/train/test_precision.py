@@ -161,3 +161,19 @@ def test_the_run_log_says_which_precision_and_why(tiny_recipe, tmp_path, capsys)
     line = next(x for x in out.splitlines() if x.startswith("precision: "))
     chosen, why = precision.resolve("auto", "cpu")
     assert line == f"precision: {precision.name(chosen)} ({why})"
+
+
+def test_a_bf16_decode_logs_and_records_the_products_its_search_measured(tiny_recipe, tmp_path, capsys, monkeypatch):
+    from speechforge.model import packed
+
+    # fp32 steps measured at half the time: the search multiplies in fp32
+    monkeypatch.setattr(packed, "_step_seconds", lambda step, rows, **_: 2.0 if step.dtype == torch.bfloat16 else 1.0)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(tiny_recipe), "--run-dir", str(run_dir), "--set", "trainer.max_steps=1",
+                 "--set", "trainer.epochs=1", "--set", "trainer.trackers=[]",
+                 "--set", 'trainer.mixed_precision="bf16"', "--set", "data.test=null"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "bf16 search products" in x)
+    assert "in float32 (a bf16 step took 2.00x an fp32 one)" in line
+    (metrics,) = (run_dir / "decode").glob("*/metrics.json")
+    products = json.loads(metrics.read_text())["search_products"]
+    assert products and set(products.values()) == {"float32"}
