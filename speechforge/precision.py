@@ -1,10 +1,12 @@
 """Which precision a run computes in, and the autocast context that gives it.
 
 ``mixed_precision = "auto"`` (the default) picks bfloat16 where the device multiplies it
-natively: a CUDA GPU that supports it, or a CPU with AMX or AVX512-BF16, where bf16 matrix
-products run 2x (AVX512-BF16) to 5x (AMX) faster than fp32. Elsewhere bf16 is emulated
-and slower than fp32, so "auto" keeps fp32. fp16 needs loss scaling and overflows where
-bf16 does not, so "auto" never picks it; ask for it by name.
+fast: a CUDA GPU that supports it, a CPU with AMX, or a CPU with AVX512-BF16 whose bf16
+matrix products measure faster than its fp32 ones. The flag alone does not settle it: on
+an AMD EPYC with AVX512-BF16 bf16 products ran about 2x fp32's rate, on an Intel Xeon with
+AVX512-BF16 but no AMX at 0.56x (benchmarks/README.md), so there "auto" measures. Without
+either flag bf16 is emulated and slower than fp32, and "auto" keeps fp32. fp16 needs loss
+scaling and overflows where bf16 does not, so "auto" never picks it; ask for it by name.
 
 Mixed precision here is always autocast: fp32 master weights and optimizer state, forward
 matrix products in the low precision, and the losses, CTC and search scores in fp32 or
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import weakref
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +42,36 @@ def cpu_bf16_flags() -> tuple[str, ...]:
         return tuple(f for f, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)())
 
 
+# bf16 is taken on an AVX512-BF16 CPU without AMX only when its products measure this much
+# faster than fp32's: the CPUs seen so far sit far from 1 (0.56x, about 2x), and a margin
+# keeps a noisy host from flipping a machine's choice between runs
+BF16_MARGIN = 1.1
+PROBE_SHAPE = (512, 256, 1024)  # rows x in x out: a feed-forward product of a small batch
+
+
+def _product_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int = 5) -> float:
+    a @ b  # oneDNN builds a kernel for a new shape: not timed
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """bf16 matrix products' rate over fp32's on this CPU, measured once per process on a
+    ``PROBE_SHAPE`` product with the threads torch uses (about 20 ms)."""
+    g = torch.Generator().manual_seed(0)
+    m, k, n = PROBE_SHAPE
+    a, b = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
+        fp32 = _product_seconds(a, b)
+        bf16 = _product_seconds(a.bfloat16(), b.bfloat16())
+    return fp32 / bf16
+
+
 def resolve(requested: str, device: torch.device | str) -> tuple[str, str]:
     """``requested`` ("auto", "no", "bf16", "fp16") on ``device`` -> (Accelerate's
     mixed_precision value, the reason, for the run log)."""
@@ -51,8 +84,15 @@ def resolve(requested: str, device: torch.device | str) -> tuple[str, str]:
         return "no", f"auto: {torch.cuda.get_device_name(device)} has no native bf16"
     if device.type == "cpu":
         flags = cpu_bf16_flags()
-        if flags:
+        if "amx_bf16" in flags:
             return "bf16", f"auto: the CPU has {' and '.join(flags)}, native bf16 matrix products"
+        if flags:
+            speedup = cpu_bf16_speedup()
+            if speedup >= BF16_MARGIN:
+                return "bf16", (f"auto: the CPU has {flags[0]} and its bf16 matrix products measured "
+                                f"{speedup:.2f}x fp32's rate")
+            return "no", (f"auto: the CPU has {flags[0]} but no AMX, and its bf16 matrix products measured "
+                          f"{speedup:.2f}x fp32's rate, under {BF16_MARGIN}x: fp32")
         return "no", "auto: the CPU has neither AMX nor AVX512-BF16, where bf16 would be emulated and slower"
     return "no", f"auto: no bf16 fast path known for {device.type}"
 

@@ -11,13 +11,30 @@ from speechforge import precision
 from speechforge.cli import main
 
 
-@pytest.mark.parametrize("flags, expected", [(("amx_bf16", "avx512_bf16"), "bf16"), (("avx512_bf16",), "bf16"), ((), "no")])
-def test_auto_picks_bf16_only_on_cpus_that_compute_it_natively(monkeypatch, flags, expected):
+@pytest.mark.parametrize("flags, speedup, expected", [
+    (("amx_bf16", "avx512_bf16"), None, "bf16"),  # AMX: bf16 without measuring
+    (("avx512_bf16",), 2.0, "bf16"),  # as on the AMD EPYC dev machines
+    (("avx512_bf16",), 0.56, "no"),  # as on an Intel Xeon without AMX
+    (("avx512_bf16",), 1.05, "no"),  # a near tie keeps fp32
+    ((), None, "no"),
+])
+def test_auto_picks_bf16_only_where_the_cpu_multiplies_it_fast(monkeypatch, flags, speedup, expected):
+    measured = []
     monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: flags)
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: measured.append(1) or speedup)
     chosen, why = precision.resolve("auto", "cpu")
     assert chosen == expected
     assert why.startswith("auto: ")
-    assert all(f in why for f in flags) if flags else "neither AMX nor AVX512-BF16" in why
+    assert bool(measured) == (speedup is not None)
+    if speedup is not None:
+        assert f"{speedup:.2f}x fp32's rate" in why
+    assert all(f in why for f in flags[:1]) if flags else "neither AMX nor AVX512-BF16" in why
+
+
+def test_the_cpu_probe_measures_a_positive_ratio_once():
+    precision.cpu_bf16_speedup.cache_clear()
+    first = precision.cpu_bf16_speedup()
+    assert first > 0 and precision.cpu_bf16_speedup() == first
 
 
 def test_an_explicit_precision_is_kept_whatever_the_cpu(monkeypatch):
