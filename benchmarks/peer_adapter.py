@@ -72,6 +72,14 @@ def speechforge_tokens(ids: torch.Tensor, id_lens: torch.Tensor):
     return tokens_in, tokens_out
 
 
+def packed_products(model) -> str:
+    from speechforge.model.packed import product_choices
+
+    choices = product_choices(model.decoder)
+    return "; ".join(f"{rows} rows in {str(dtype).removeprefix('torch.')} (bf16 steps {ratio:.2f}x fp32's time)"
+                     for rows, (dtype, ratio) in choices.items()) or "none measured"
+
+
 def beam_decoder():
     """speechforge.decode.beam.beam_search if it exists and takes what the spec needs, else (None, why)."""
     try:
@@ -96,7 +104,6 @@ def main():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     mixed = "bf16" if spec["precision"] == "bf16" else "no"
-    precision.lay_out_convs(model, mixed, training=True)  # as the trainer does
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -110,7 +117,6 @@ def main():
     common.log("train")
     train = common.time_training(spec, step)
     model.eval()
-    precision.lay_out_convs(model, mixed, training=False)
     steps, beam = dspec["output_tokens"], dspec["beam"]
 
     def encode(utts):
@@ -150,8 +156,7 @@ def main():
         "decoding runs under torch.no_grad as speechforge's decode_batches does (the harness's inference_mode "
         "stops autocast from caching its bf16 weight casts)",
         "dropout masks: speechforge.model.dropout (16 random bits an element, four per 64-bit draw)",
-        "front-end conv weights contiguous for fp32 training, channels-last for bf16 training and for decoding "
-        "(speechforge.precision.lay_out_convs, as the trainer sets them)",
+        "front-end conv weights channels-last (as speechforge builds them)",
         "greedy: speechforge.decode.greedy.greedy_search with the decoder key/value cache, force_length",
     ]
     decode = {
@@ -180,6 +185,9 @@ def main():
         notes.append("beam: speechforge.decode.beam.beam_search, batched over utterances x beams, decoder cache, "
                      "one copy of each utterance's cross-attention memory shared by its beams, "
                      "CTC prefix scoring on the top 1.5 x beam attention candidates, force_length")
+        if spec["precision"] == "bf16":
+            notes.append("bf16 searches multiply in fp32 where whole decoder steps measured clearly faster so "
+                         f"(speechforge.model.packed): {packed_products(model)}")
     common.emit({
         "toolkit": "speechforge", "version": speechforge.__version__, "torch": torch.__version__,
         "precision": spec["precision"],

@@ -126,20 +126,6 @@ def allow_tf32(device: torch.device | str) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def lay_out_convs(module: nn.Module, precision: str, training: bool) -> None:
-    """Every 2-D convolution's weight of ``module`` in the memory layout oneDNN computes
-    ``precision`` fastest in: channels-last, except for fp32 training.
-
-    Channels-last puts oneDNN on its channels-last kernels: the front end's forward and
-    backward 1.35x as fast in bf16, its fp32 forward 1.46x, but its fp32 backward slower,
-    which costs fp32 training of bpe5k_ctc about 5% (benchmarks/README.md). Set once, before
-    the optimizer's first step (its state takes the layout then); the values are the same."""
-    layout = torch.contiguous_format if training and precision == "no" else torch.channels_last
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            layer.to(memory_format=layout)
-
-
 def version_stamp(tensors: list[torch.Tensor]) -> list[tuple[int, int]] | None:
     """What tells whether weights derived from ``tensors`` are stale: each one's data pointer
     and version (an optimizer step or a load bumps it), or None where one is an inference

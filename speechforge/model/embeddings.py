@@ -64,8 +64,8 @@ class Conv2dSubsampling(nn.Module):
             freq = (freq - 1) // 2
         # channels-last weights put oneDNN on its channels-last kernels (the input, with one
         # channel, follows): the front end's training step 1.35x as fast in bf16 at 256
-        # channels, 1.1x at 32 (benchmarks/README.md). fp32 training turns them back
-        # (precision.lay_out_convs).
+        # channels, 1.1x at 32; fp32 training 1.04-1.09x as fast on an Intel Xeon and 5%
+        # slower on an AMD EPYC, where "auto" trains in bf16 (benchmarks/README.md).
         self.convs = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.num_convs = num_convs
         self.out = nn.Linear(in_ch * freq, d_model)

@@ -159,7 +159,6 @@ class AccelerateTrainer(TrainingLoop):
             acc.init_trackers("speechforge", config=_flat_config(exp.recipe.to_dict()))
         precision.allow_tf32(acc.device)
         model = exp.model
-        precision.lay_out_convs(model, self.mixed_precision, training=True)
         # Our sampler shards each global batch across processes itself (see shard_batch),
         # so the loaders are not handed to prepare(), which would shard them again.
         shard = {"num_replicas": acc.num_processes, "rank": acc.process_index}
@@ -333,7 +332,6 @@ class AccelerateTrainer(TrainingLoop):
                 save(epoch, start_batch)
         finally:
             self.release_signals(old_handlers)
-            precision.lay_out_convs(core, self.mixed_precision, training=False)
         if acc.is_main_process:
             if not (run_dir / "best.pt").exists():
                 checkpoint.save_atomic({"model": _unwrap(acc, model).state_dict(), "step": step}, run_dir / "best.pt")

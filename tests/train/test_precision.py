@@ -92,37 +92,6 @@ def test_autocast_weights_recasts_a_weight_that_training_changed():
     assert torch.allclose(after.float(), 2 * before.float(), rtol=1e-2)
 
 
-@pytest.mark.parametrize(("mixed", "training", "channels_last"), [
-    ("no", True, False), ("no", False, True), ("bf16", True, True), ("bf16", False, True)])
-def test_conv_weights_are_channels_last_except_for_fp32_training(mixed, training, channels_last):
-    from speechforge.model.embeddings import Conv2dSubsampling
-
-    front = Conv2dSubsampling(20, 16, 4, 8, 0.0)
-    before = [c.weight.detach().clone() for c in front.convs if isinstance(c, torch.nn.Conv2d)]
-    precision.lay_out_convs(front, mixed, training)
-    convs = [c for c in front.convs if isinstance(c, torch.nn.Conv2d)]
-    layout, other = torch.channels_last, torch.contiguous_format
-    if not channels_last:
-        layout, other = other, layout
-    for conv, weight in zip(convs, before):
-        assert conv.weight.is_contiguous(memory_format=layout)
-        assert torch.equal(conv.weight, weight)
-    # the second convolution has 8 input channels, so its two layouts differ (the first's do not)
-    assert not convs[1].weight.is_contiguous(memory_format=other)
-
-
-def test_the_trainer_lays_out_convs_for_its_precision_and_hands_back_the_decoding_layout(
-        tiny_recipe, tmp_path, monkeypatch):
-    calls = []
-    lay_out = precision.lay_out_convs
-    monkeypatch.setattr(precision, "lay_out_convs",
-                        lambda module, mixed, training: calls.append((mixed, training)) or lay_out(module, mixed, training))
-    assert main(["--quiet", "run", str(tiny_recipe), "--run-dir", str(tmp_path / "run"), "--set", "trainer.max_steps=1",
-                 "--set", "trainer.epochs=1", "--set", "trainer.trackers=[]",
-                 "--set", 'trainer.mixed_precision="no"']) == 0
-    assert calls == [("no", True), ("no", False)]
-
-
 @pytest.mark.parametrize(("mixed", "steps"), [("bf16", (32, 16)), ("no", (1, 1))])
 def test_a_bf16_run_pads_its_batches_in_steps_and_an_fp32_run_only_to_the_longest(tiny_recipe, tmp_path, mixed, steps):
     from speechforge import experiment, recipe as recipe_mod
