@@ -204,7 +204,8 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=No
     products = searched_products(model)
     if state.is_main_process and products:
         log(f"decode {tag}: bf16 search products, measured on this CPU: " + "; ".join(
-            f"{rows} rows in {dtype} (a bf16 step took {ratio:.2f}x an fp32 one)" for rows, (dtype, ratio) in products.items()))
+            f"up to {rows} rows in {dtype} (a bf16 step took {ratio:.2f}x an fp32 one)"
+            for rows, (dtype, ratio) in products.items()))
     if state.is_main_process and results:  # no split to decode (dev and test both null): no folder
         (folder / "metrics.json").write_text(json.dumps(
             {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision),
@@ -215,7 +216,7 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=No
 
 
 def searched_products(model) -> dict[int, tuple[str, float]]:
-    """rows -> (the dtype bf16 searches multiplied in, bf16 step time / fp32 step time), as
+    """most rows -> (the dtype bf16 searches multiplied in, bf16 step time / fp32 step time), as
     the decoder's packed step measured them (model/packed.py); empty where none was measured."""
     decoder = getattr(model, "decoder", None)
     if not isinstance(decoder, torch.nn.Module):

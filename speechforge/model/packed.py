@@ -278,23 +278,25 @@ class _Packs:
 def _bf16_products(decoder: nn.Module, packs: _Packs, rows: int) -> torch.dtype:
     """bf16, unless fp32 products measure faster for this many rows. On CPUs without AMX
     either can win at a search's few rows: oneDNN's bf16 kernels or MKL's fp32 ones
-    (benchmarks/README.md, "bf16 or fp32 products"). Measured once per decoder and row count
-    (the exact count: oneDNN's blocking made 16 rows as fast in bf16 as in fp32 where 10 took
-    1.3x as long); the answer depends on the shapes, not on the weights' values."""
+    (benchmarks/README.md, "bf16 or fp32 products"). Measured once per decoder and power-of-two
+    bucket of row counts, at the first count seen in it (a decode's batches take many counts;
+    a probe costs about a dozen steps); the answer depends on the shapes, not on the weights'
+    values."""
+    bucket = 1 << max(rows - 1, 0).bit_length()
     choices = _CHOICES.setdefault(decoder, {})
-    if rows not in choices:
+    if bucket not in choices:
         steps = [packs.step(decoder, dtype, torch.bfloat16).for_rows(rows) for dtype in (torch.bfloat16, torch.float32)]
         with torch.no_grad():
             for step in steps:  # oneDNN builds a kernel per new shape: not timed
                 _step_seconds(step, rows, steps=1)
             bf16, fp32 = (min(_step_seconds(step, rows) for _ in range(2)) for step in steps)
-        choices[rows] = (torch.float32 if fp32 < FP32_MARGIN * bf16 else torch.bfloat16, bf16 / fp32)
-    return choices[rows][0]
+        choices[bucket] = (torch.float32 if fp32 < FP32_MARGIN * bf16 else torch.bfloat16, bf16 / fp32)
+    return choices[bucket][0]
 
 
 def product_choices(decoder: nn.Module) -> dict[int, tuple[torch.dtype, float]]:
-    """What bf16 searches of ``decoder`` measured so far: rows -> (the products' dtype,
-    bf16 time / fp32 time), for the run log."""
+    """What bf16 searches of ``decoder`` measured so far: the most rows of a bucket -> (the
+    products' dtype, bf16 time / fp32 time), for the run log."""
     return dict(_CHOICES.get(decoder, {}))
 
 
@@ -332,5 +334,5 @@ def packed_decoder(decoder: nn.Module, device: torch.device, rows: int) -> Packe
 # decoder -> its _Packs; outside the module, so copies and pickles of a model never carry
 # packed oneDNN tensors
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# decoder -> {rows: (the products' dtype for a bf16 search, bf16 time / fp32 time)}
+# decoder -> {most rows of a bucket: (the products' dtype for a bf16 search, bf16 time / fp32 time)}
 _CHOICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -121,12 +121,14 @@ def test_a_bf16_search_takes_fp32_products_only_where_they_measure_clearly_faste
         assert model.init_state(enc_out, enc_lens, beams=3).packed.dtype == want
         measured = len(calls)
         assert {rows for _, rows in calls} == {6}  # 2 utterances x 3 beams
-        # measured once per row count: the same search again reads the choice
+        # measured once per bucket of row counts (5-8 here): the same search again, or one
+        # of 8 rows, reads the choice
         assert model.init_state(enc_out, enc_lens, beams=3).packed.dtype == want
+        assert model.init_state(enc_out, enc_lens, beams=4).packed.dtype == want
         assert len(calls) == measured
         model.init_state(enc_out, enc_lens, beams=2)
         assert {rows for _, rows in calls[measured:]} == {4}
-    assert packed.product_choices(model.decoder) == {6: (want, bf16_s / fp32_s), 4: (want, bf16_s / fp32_s)}
+    assert packed.product_choices(model.decoder) == {8: (want, bf16_s / fp32_s), 4: (want, bf16_s / fp32_s)}
 
 
 def test_fp32_searches_find_what_the_module_path_finds():

@@ -159,7 +159,7 @@ def test_a_bf16_decode_logs_and_records_the_products_its_search_measured(tiny_re
                  "--set", "trainer.epochs=1", "--set", "trainer.trackers=[]",
                  "--set", 'trainer.mixed_precision="bf16"', "--set", "data.test=null"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "bf16 search products" in x)
-    assert "in float32 (a bf16 step took 2.00x an fp32 one)" in line
+    assert "rows in float32 (a bf16 step took 2.00x an fp32 one)" in line
     (metrics,) = (run_dir / "decode").glob("*/metrics.json")
     products = json.loads(metrics.read_text())["search_products"]
     assert products and set(products.values()) == {"float32"}
