@@ -278,9 +278,9 @@ class _Packs:
 def _bf16_products(decoder: nn.Module, packs: _Packs, rows: int) -> torch.dtype:
     """bf16, unless fp32 products measure faster for this many rows. On CPUs without AMX
     either can win at a search's few rows: oneDNN's bf16 kernels or MKL's fp32 ones
-    (benchmarks/README.md, "bf16 or fp32 products"). Measured once per decoder and power-of-two
+    (benchmarks/README.md, "bf16 or fp32: an Intel Xeon without AMX"). Measured once per decoder and power-of-two
     bucket of row counts, at the first count seen in it (a decode's batches take many counts;
-    a probe costs about a dozen steps); the answer depends on the shapes, not on the weights'
+    a probe costs about 40 steps); the answer depends on the shapes, not on the weights'
     values."""
     bucket = 1 << max(rows - 1, 0).bit_length()
     choices = _CHOICES.setdefault(decoder, {})
@@ -289,7 +289,8 @@ def _bf16_products(decoder: nn.Module, packs: _Packs, rows: int) -> torch.dtype:
         with torch.no_grad():
             for step in steps:  # oneDNN builds a kernel per new shape: not timed
                 _step_seconds(step, rows, steps=1)
-            bf16, fp32 = (min(_step_seconds(step, rows) for _ in range(2)) for step in steps)
+            # alternated, so that a slow moment of a shared host falls on both
+            bf16, fp32 = (min(t) for t in zip(*([_step_seconds(step, rows) for step in steps] for _ in range(3))))
         choices[bucket] = (torch.float32 if fp32 < FP32_MARGIN * bf16 else torch.bfloat16, bf16 / fp32)
     return choices[bucket][0]
 
@@ -306,7 +307,7 @@ def packed_decoder(decoder: nn.Module, device: torch.device, rows: int) -> Packe
     CPU (a GPU step is not bound by calls), while training or under autograd, in a trace or
     compile, for decoders with other layers, or where the parameters are not fp32 masters.
     Kept on the decoder and remade when a weight changes. A bf16 search takes fp32 products
-    where they measure faster (``_Packs.bf16_products``)."""
+    where they measure faster (``_bf16_products``)."""
     if (not _ENABLED or device.type != "cpu" or decoder.training or torch.is_grad_enabled() or torch.jit.is_tracing()
             or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or not _standard(decoder)):
         return None
