@@ -38,6 +38,7 @@ import speechforge  # noqa: E402
 from speechforge import precision, recipe as recipes  # noqa: E402
 from speechforge.data.tokenizers import EOS, PAD, SOS  # noqa: E402
 from speechforge.decode.greedy import greedy_search  # noqa: E402
+from speechforge.pipeline import products_text, searched_products  # noqa: E402
 
 NUM_SPECIALS = 5  # speechforge ids 0-4 are <pad> <unk> <sos> <eos> <blank>
 
@@ -70,14 +71,6 @@ def speechforge_tokens(ids: torch.Tensor, id_lens: torch.Tensor):
         tokens_out[i, :n] = ids[i, :n]
         tokens_out[i, n] = EOS
     return tokens_in, tokens_out
-
-
-def packed_products(model) -> str:
-    from speechforge.model.packed import product_choices
-
-    choices = product_choices(model.decoder)
-    return "; ".join(f"{rows} rows in {str(dtype).removeprefix('torch.')} (bf16 steps {ratio:.2f}x fp32's time)"
-                     for rows, (dtype, ratio) in choices.items()) or "none measured"
 
 
 def beam_decoder():
@@ -187,7 +180,7 @@ def main():
                      "CTC prefix scoring on the top 1.5 x beam attention candidates, force_length")
         if spec["precision"] == "bf16":
             notes.append("bf16 searches multiply in fp32 where whole decoder steps measured clearly faster so "
-                         f"(speechforge.model.packed): {packed_products(model)}")
+                         f"(speechforge.model.packed): {products_text(searched_products(model)) or 'none measured'}")
     common.emit({
         "toolkit": "speechforge", "version": speechforge.__version__, "torch": torch.__version__,
         "precision": spec["precision"],

@@ -203,9 +203,7 @@ def decode_splits(model, exp, recipe: Recipe, run_dir: Path, log: Log, splits=No
                 f"raise decode.max_len_ratio or decode.max_len if they are")
     products = searched_products(model)
     if state.is_main_process and products:
-        log(f"decode {tag}: bf16 search products, measured on this CPU: " + "; ".join(
-            f"up to {rows} rows in {dtype} (a bf16 step took {ratio:.2f}x an fp32 one)"
-            for rows, (dtype, ratio) in products.items()))
+        log(f"decode {tag}: bf16 search products, measured on this CPU: {products_text(products)}")
     if state.is_main_process and results:  # no split to decode (dev and test both null): no folder
         (folder / "metrics.json").write_text(json.dumps(
             {"decoder": recipe.decode.to_dict(), "precision": precision_name(precision),
@@ -222,6 +220,12 @@ def searched_products(model) -> dict[int, tuple[str, float]]:
     if not isinstance(decoder, torch.nn.Module):
         return {}
     return {rows: (str(dtype).removeprefix("torch."), ratio) for rows, (dtype, ratio) in product_choices(decoder).items()}
+
+
+def products_text(products: dict[int, tuple[str, float]]) -> str:
+    """``searched_products`` as the run log says it."""
+    return "; ".join(f"up to {rows} rows in {dtype} (a bf16 step took {ratio:.2f}x an fp32 one)"
+                     for rows, (dtype, ratio) in products.items())
 
 
 def decode_precision(recipe: Recipe, device) -> str:
