@@ -169,9 +169,8 @@ def beam_search(
         c = total.shape[1]
         top, flat = total.view(a, k * c).topk(k, dim=1)  # (A, K), best first
         src = (torch.arange(a, device=dev)[:, None] * k + flat.div(c, rounding_mode="floor")).reshape(-1)
-        token = (flat % c).reshape(-1)
-        if cand is not None:
-            token = cand[src, token]
+        column = (flat % c).reshape(-1)
+        token = column if cand is None else cand[src, column]
         token = token.view(a, k)
 
         found = top > NEG_INF
@@ -204,7 +203,7 @@ def beam_search(
         if use_att:
             state = state.select(index, keep.nonzero().squeeze(1) if bool(done.any()) else None)
         if ctc is not None:
-            ctc_state = ctc.extend(ctc_state, index, last)
+            ctc_state = ctc.extend(ctc_state, index, last, prefix[src, column].view(a, k)[keep].reshape(-1))
         if use_lm:
             lm_state = lm.select(lm_state, index)
         if seen is not None:

@@ -107,6 +107,49 @@ def test_select_reorders_and_repeats_rows(random_ctc):
     torch.testing.assert_close(scorer.score(picked), scorer.score(state)[[1, 1, 0]])
 
 
+def log_add(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+def recursion_prefix_score(log_probs: torch.Tensor, prefix: list[int], token: int) -> float:
+    """log psi(prefix + token) by the frame-by-frame forward recursion in log space: exact
+    where probabilities are far below what float64 can hold (no exp of a score is taken)."""
+    x = log_probs.tolist()
+    t_max = len(x)
+    r_n, r_b = [-math.inf] * t_max, [sum(x[u][BLANK] for u in range(t + 1)) for t in range(t_max)]
+    last = None
+    for c in prefix + [token]:
+        phi = [r_b[t] if c == last else log_add(r_n[t], r_b[t]) for t in range(t_max)]
+        phi_prev = [0.0 if last is None else -math.inf] + phi[:-1]
+        psi = -math.inf
+        for t in range(t_max):
+            psi = log_add(psi, phi_prev[t] + x[t][c])
+        n, b = [-math.inf] * t_max, [-math.inf] * t_max
+        for t in range(t_max):
+            n[t] = log_add(n[t - 1] if t else -math.inf, phi_prev[t]) + x[t][c]
+            b[t] = (log_add(n[t - 1], b[t - 1]) + x[t][BLANK]) if t else -math.inf
+        r_n, r_b, last = n, b, c
+    return psi
+
+
+def test_prefix_scores_hold_where_every_probability_underflows():
+    # the prefix's paths and the candidate's frames are 900 nats apart, each against the
+    # other's best frame: the probability-space sum underflows and the log-space one must hold
+    log_probs = torch.full((4, 5), -3.0, dtype=torch.float64)
+    log_probs[0, 1] = -0.1  # the prefix [1] is emitted at frame 0
+    log_probs[1:, 1] = -900.0
+    log_probs[:, BLANK] = torch.tensor([-900.0, -0.1, -900.0, -900.0])
+    log_probs[:, 2] = torch.tensor([-900.0, -900.0, -900.0, -0.1])  # token 2 only at frame 3
+    scorer = CTCPrefixScorer(log_probs[None], torch.tensor([4]))
+    state = scorer.extend(scorer.init_state(torch.tensor([0])), torch.tensor([0]), torch.tensor([1]))
+    got = scorer.score(state, torch.tensor([[2, 0, 1]]))[0]
+    want = [recursion_prefix_score(log_probs, [1], c) for c in (2, 0, 1)]
+    assert all(w > -1.0e4 for w in want)  # finite: hypotheses a forced-length search still ranks
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-9)
+
+
 def test_greedy_collapses_repeats_and_drops_blanks():
     path = torch.tensor([[5, 5, BLANK, 5, 6, 6, BLANK, 7], [6, BLANK, 6, 6, 5, 5, 5, 5]])
     log_probs = torch.nn.functional.one_hot(path, 8).double().mul(5.0).log_softmax(-1)
