@@ -16,23 +16,23 @@ from pydantic import Field
 from torch import nn
 
 from speechforge import registry
-from speechforge.model.layers import reordered
-from speechforge.model.packed import PackedDecoder, packed_decoder
+from speechforge.model.packed import PackedCache, PackedDecoder, packed_decoder, select_caches
 from speechforge.model.transformer import TokenDecoder
 from speechforge.recipe import Runtime, Spec, Sub
 
 
 @dataclass
 class LMState:
-    """Per-layer self-attention caches and the position of the next token."""
+    """The self-attention caches (per layer, or one ``PackedCache`` for the packed step) and
+    the position of the next token."""
 
-    caches: list[dict[str, torch.Tensor]]
+    caches: list[dict[str, torch.Tensor]] | PackedCache
     offset: int = 0
     packed: PackedDecoder | None = None  # the step on packed weights (model/packed.py), or the modules
 
     def select(self, index: torch.Tensor) -> "LMState":
         """Reorder or repeat along the batch (beam search keeps the surviving hypotheses)."""
-        return LMState([reordered(c, index) for c in self.caches], self.offset, self.packed)
+        return LMState(select_caches(self.caches, index), self.offset, self.packed)
 
 
 class TransformerLM(nn.Module):
@@ -51,8 +51,9 @@ class TransformerLM(nn.Module):
 
     def init_state(self, batch: int) -> LMState:
         # the caches fill on the first step; ``batch`` is implied by the tokens fed
-        return LMState([{} for _ in range(self.decoder.stack.num_active)],
-                       packed=packed_decoder(self.decoder, self.decoder.embed.weight.device, rows=batch))
+        packed = packed_decoder(self.decoder, self.decoder.embed.weight.device, rows=batch)
+        return LMState([{} for _ in range(self.decoder.stack.num_active)] if packed is None else PackedCache(),
+                       packed=packed)
 
     def step(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
         """Feed the newest token (B,) (or a (B, U) prefix) and return the next-token

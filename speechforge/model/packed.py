@@ -11,6 +11,10 @@ the sums of ``DecoderLayer`` and ``TokenDecoder`` in fewer, cheaper calls:
 - for a search of a few rows (one utterance's beams), attention in fp32 over keys and values
   cached in fp32: a batched product of a few rows costs twice as much in bf16 as in fp32 on a
   CPU without AMX, and fp32 probabilities are closer to an fp32 decode than bf16 ones;
+- every layer's keys and values in one time-major buffer (``PackedCache``) that grows in place:
+  a beam's reorder copies only the rows whose hypothesis changed, where the module path copies
+  every layer's whole past at every step;
+- attention as one ``scaled_dot_product_attention`` call, reading the buffer where it lies;
 - no module calls, dropout or autocast dispatch.
 
 The layer norms, the residual stream and the logits' dtype are those of the module path under
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speechforge.model.layers import DecoderLayer, DecoderStack, FeedForward, grown
+from speechforge.model.layers import DecoderLayer, DecoderStack, FeedForward, reordered
 from speechforge.precision import version_stamp
 
 Linear = Callable[[torch.Tensor], torch.Tensor]
@@ -67,6 +71,67 @@ def packed_linear(weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1
             bias = weight.new_zeros(weight.shape[0])
         return lambda x: torch.ops.mkl._mkl_linear(x, packed, weight, bias, rows)
     return lambda x: F.linear(x, weight, bias)
+
+
+class PackedCache:
+    """Every layer's self-attention keys and values for ``PackedDecoder.step``: one buffer
+    (capacity, N, layers, 2 x d_model), time first, so that the past of all layers is one
+    contiguous block. A step writes its positions in place; ``select`` defers a reorder to the
+    next step, which moves only the rows whose hypothesis changed when the rows they copy stay
+    (a beam search that keeps each surviving parent's best child in the parent's row makes
+    that the common case: decode/beam.py) and copies the past into a new buffer otherwise.
+
+    The buffer is shared by the cache ``select`` returned and the one it was called on, and
+    only the newest may step: an older one raises rather than read rows moved under it."""
+
+    def __init__(self):
+        self.store: dict = {"buffer": None, "owner": self}
+        self.length = 0  # positions filled
+        self.index: torch.Tensor | None = None  # the pending reorder
+
+    def select(self, index: torch.Tensor) -> "PackedCache":
+        out = PackedCache.__new__(PackedCache)
+        out.store, out.length = self.store, self.length
+        out.index = index if self.index is None else self.index.index_select(0, index)
+        self.store["owner"] = out
+        return out
+
+    def claim(self, u: int, row: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """The buffer with the pending reorder done and room for ``u`` new positions of
+        (N, *row) each; returns its filled part, the new positions last, for the step to write."""
+        if self.store["owner"] is not self:
+            raise RuntimeError("this decoder state was replaced by the one select() returned; step that one")
+        buffer, t, index, self.index = self.store["buffer"], self.length, self.index, None
+        if buffer is None or (index is not None and not _moves_in_place(index, buffer.shape[1])):
+            past = None if buffer is None else buffer[:t] if index is None else buffer[:t].index_select(1, index)
+            buffer = torch.empty((max(16, 2 * (t + u)),) + row, dtype=dtype)
+            if past is not None:
+                buffer[:t] = past
+        elif index is not None:
+            moved = (index != torch.arange(index.shape[0])).nonzero().squeeze(1).tolist()
+            for to, source in zip(moved, index[moved].tolist()):
+                buffer[:t, to] = buffer[:t, source]
+        if t + u > buffer.shape[0]:
+            bigger = buffer.new_empty((2 * (t + u),) + buffer.shape[1:])
+            bigger[:t] = buffer[:t]
+            buffer = bigger
+        self.store["buffer"], self.length = buffer, t + u
+        return buffer[: t + u]
+
+
+def _moves_in_place(index: torch.Tensor, rows: int) -> bool:
+    """Whether ``index`` (same row count) only copies rows that themselves stay where they are."""
+    if index.shape[0] != rows:
+        return False
+    stays = index == torch.arange(rows)
+    return bool(stays[index[~stays]].all())
+
+
+def select_caches(caches, index: torch.Tensor):
+    """Decoder caches (a ``PackedCache`` or ``DecoderLayer`` dicts) whose rows follow ``index``."""
+    if isinstance(caches, PackedCache):
+        return caches.select(index)
+    return [reordered(c, index) for c in caches]
 
 
 def _linear(layer: nn.Linear, dtype: torch.dtype, scale: float = 1.0, weights: torch.dtype | None = None) -> Linear:
@@ -138,36 +203,38 @@ class PackedDecoder:
         tokens: torch.Tensor,  # (N, U)
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,  # from ``memory``: (B, H, S, Dh), B dividing N
         memory_valid: torch.Tensor | None,  # (B, S)
-        caches: list[dict[str, torch.Tensor]],
+        cache: PackedCache,
         offset: int,
     ) -> torch.Tensor:
-        """Logits (N, U, V) of the new positions; ``caches`` as ``DecoderLayer`` keeps them
-        (a pending ``index`` reorders the past), in the attention's dtype."""
+        """Logits (N, U, V) of the new positions; ``cache`` keeps the past keys and values."""
         dtype = self.dtype
+        n, u = tokens.shape
+        layers = self.layers
+        d = layers[0].heads * layers[0].head_dim
         # every dtype is chosen here: autocast would round the fp32 attention to bf16
         with torch.autocast("cpu", enabled=False):
             x = self.pos(self.embed(tokens) * self.scale, offset)  # (N, U, D) fp32, as the module path
-            for i, layer in enumerate(self.layers):
-                x = x + self._self_attend(layer, _norm(layer.norm1, x, dtype), caches[i])
+            kv = cache.claim(u, (n, len(layers), 2 * d), self.attention_dtype)  # (T, N, layers, 2D)
+            for i, layer in enumerate(layers):
+                qkv = layer.qkv(_norm(layer.norm1, x, dtype))  # (N, U, 3D)
+                kv[-u:, :, i] = qkv[..., d:].transpose(0, 1)  # each layer's new keys and values as they come
+                x = x + self._self_attend(layer, qkv[..., :d], kv[:, :, i], u)
                 if layer.cross:
                     k, v = memory_kv[i]
                     x = x + self._cross_attend(layer, _norm(layer.norm2, x, dtype), k, v, memory_valid)
                 x = x + layer.ff_out(layer.activation(layer.ff_in(_norm(layer.norm3, x, dtype))))
             return self.out(_norm(self.final_norm, x, dtype))
 
-    def _self_attend(self, layer: _PackedLayer, h: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
-        n, u, d = h.shape
-        qkv = layer.qkv(h).to(self.attention_dtype).view(n, u, 3, layer.heads, layer.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (N, H, U, Dh)
-        index = cache.pop("index", None)
-        if "k" in cache:
-            k, v = grown(cache["k"], k, index), grown(cache["v"], v, index)
-        cache["k"], cache["v"] = k, v
-        scores = q @ k.transpose(-2, -1)  # (N, H, U, T), q already scaled
-        if u > 1:  # a prefix: each position sees the past and itself
-            t = k.shape[2]
-            scores = scores.masked_fill(~torch.ones(u, t, dtype=torch.bool).tril(t - u), float("-inf"))
-        out = scores.softmax(-1) @ v
+    def _self_attend(self, layer: _PackedLayer, q: torch.Tensor, kv: torch.Tensor, u: int) -> torch.Tensor:
+        # q (N, U, D), already scaled; kv (T, N, 2D): this layer's past and new keys, values
+        n, _, d = q.shape
+        t, h, dh = kv.shape[0], layer.heads, layer.head_dim
+        q = q.to(self.attention_dtype).view(n, u, h, dh).transpose(1, 2)  # (N, H, U, Dh)
+        k = kv[..., :d].view(t, n, h, dh).permute(1, 2, 0, 3)  # (N, H, T, Dh), where the buffer holds it
+        v = kv[..., d:].view(t, n, h, dh).permute(1, 2, 0, 3)
+        # a prefix: each position sees the past and itself
+        mask = torch.ones(u, t, dtype=torch.bool).tril(t - u) if u > 1 else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
         return layer.self_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
 
     def _cross_attend(self, layer: _PackedLayer, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -176,10 +243,8 @@ class PackedDecoder:
         n, u, d = h.shape
         b = k.shape[0]
         q = layer.cross_q(h).to(self.attention_dtype).view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
-        scores = q @ k.transpose(-2, -1)  # (B, H, beams x U, S)
-        if valid is not None:
-            scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-        out = scores.softmax(-1) @ v  # (B, H, beams x U, Dh)
+        mask = None if valid is None else valid[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, beams x U, Dh)
         return layer.cross_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
 
 
@@ -249,11 +314,11 @@ def _step_seconds(step: PackedDecoder, rows: int, steps: int = 6, frames: int = 
     memory = [None if not layer.cross else tuple(
         torch.randn(1, layer.heads, frames, layer.head_dim, generator=g) for _ in "kv") for layer in step.layers]
     memory = step.memory(memory) if any(m is not None for m in memory) else None
-    caches = [{} for _ in step.layers]
+    cache = PackedCache()
     tokens = torch.zeros(rows, 1, dtype=torch.long)
     t0 = time.perf_counter()
     for t in range(steps):
-        step.step(tokens, memory, None, caches, t)
+        step.step(tokens, memory, None, cache, t)
     return time.perf_counter() - t0
 
 

@@ -14,8 +14,7 @@ from speechforge import registry
 from speechforge.model.dropout import Dropout
 from speechforge.model.attention import padding_mask
 from speechforge.model.embeddings import PositionalEncoding
-from speechforge.model.layers import reordered
-from speechforge.model.packed import PackedDecoder, packed_decoder
+from speechforge.model.packed import PackedCache, PackedDecoder, packed_decoder, select_caches
 from speechforge.recipe import Runtime, Spec, Sub
 
 
@@ -28,7 +27,7 @@ class DecoderState:
     held once per utterance, not once per hypothesis, and cross-attention takes the
     queries of an utterance's beams together."""
 
-    caches: list[dict[str, torch.Tensor]]
+    caches: list[dict[str, torch.Tensor]] | PackedCache  # per layer, or one for the packed step
     memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
     memory_valid: torch.Tensor | None  # (B, S); None: no padding
     offset: int = 0
@@ -46,7 +45,7 @@ class DecoderState:
             memory_kv = [(k.index_select(0, memory_index), v.index_select(0, memory_index)) for k, v in memory_kv]
             memory_valid = None if memory_valid is None else memory_valid.index_select(0, memory_index)
         return DecoderState(
-            caches=[reordered(c, index) for c in self.caches],
+            caches=select_caches(self.caches, index),
             memory_kv=memory_kv,
             memory_valid=memory_valid,
             offset=self.offset,
@@ -94,7 +93,7 @@ class TokenDecoder(nn.Module):
         tokens: torch.Tensor,  # (B, U): the new positions
         memory_kv: list[tuple[torch.Tensor, torch.Tensor]] | None,
         memory_valid: torch.Tensor | None,
-        caches: list[dict[str, torch.Tensor]],
+        caches: list[dict[str, torch.Tensor]] | PackedCache,
         offset: int,
         packed: PackedDecoder | None = None,
     ) -> torch.Tensor:
@@ -167,7 +166,7 @@ class TransformerCTC(nn.Module):
         packed = packed_decoder(self.decoder, enc_out.device, rows=enc_out.shape[0] * beams)
         memory_kv = self.memory(enc_out)
         return DecoderState(
-            caches=[{} for _ in range(stack.num_active)],
+            caches=[{} for _ in range(stack.num_active)] if packed is None else PackedCache(),
             # contiguous once here: in head layout a step's products would copy them every step
             memory_kv=[(k.contiguous(), v.contiguous()) for k, v in memory_kv] if packed is None
             else packed.memory(memory_kv),
