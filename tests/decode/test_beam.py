@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from speechforge.data.tokenizers import BLANK, EOS, SOS, CharTokenizer
-from speechforge.decode.beam import beam_search, best_reachable
+from speechforge.decode.beam import beam_search, best_reachable, parents_in_place
 from speechforge.decode.ctc import ctc_prefix_beam_search
 from speechforge.decode.greedy import greedy_search
 from speechforge.decode.lm_fusion import LMScorer, NGramLM
@@ -105,6 +105,19 @@ def test_cached_decoder_steps_equal_uncached_over_20_steps():
         cached = model.step(prefix[:, -1], state)
         torch.testing.assert_close(cached, model.step_uncached(prefix, enc_out, enc_lens), rtol=0, atol=1e-5)
         prefix = torch.cat([prefix, torch.randint(0, V, (2, 1), generator=g)], dim=1)
+
+
+def test_each_parents_best_child_takes_the_parents_beam():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        k = int(torch.randint(1, 12, (1,), generator=g))
+        parent = torch.randint(0, k, (3, k), generator=g)  # best child first
+        order = parents_in_place(parent)
+        assert torch.equal(order.sort(1).values, torch.arange(k).expand(3, k))  # a permutation
+        for a in range(3):
+            for p in set(parent[a].tolist()):
+                best = int((parent[a] == p).nonzero()[0])
+                assert int(order[a, p]) == best
 
 
 def test_beam_of_one_equals_greedy():

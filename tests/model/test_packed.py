@@ -69,6 +69,30 @@ def test_fp32_packed_step_equals_the_module_step(activation):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_the_packed_cache_grows_past_its_first_capacity_as_the_module_caches_do():
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        # 40 steps: the buffer is made for 16 positions and doubles twice
+        for got, want in zip(stepped(model, enc_out, enc_lens, True, steps=40),
+                             stepped(model, enc_out, enc_lens, False, steps=40), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_decoder_state_replaced_by_select_cannot_step():
+    # the buffer is shared and reordered in place: the older state would read moved rows
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        state = model.init_state(enc_out, enc_lens, beams=2)
+        tokens = torch.tensor([5, 6, 7, 8])
+        model.step(tokens, state)
+        newer = state.select(torch.tensor([1, 1, 2, 3]))
+        model.step(tokens, newer)
+        with pytest.raises(RuntimeError, match="replaced by the one select"):
+            model.step(tokens, state)
+
+
 @pytest.mark.parametrize("beams", [3, 9])  # 6 rows attend in fp32, 18 in bf16
 def test_bf16_packed_step_is_as_close_to_fp32_as_the_module_step(beams):
     model = small_model()
