@@ -147,6 +147,7 @@ def beam_search(
     fin_tokens = torch.full((b, nbest, history.shape[1]), EOS, dtype=torch.long, device=dev)
     fin_len = torch.zeros((b, nbest), dtype=torch.long, device=dev)
     active = torch.arange(b, device=dev)
+    finished = False  # any hypothesis, of any utterance
 
     for t in range(l_max):
         a = active.numel()
@@ -199,31 +200,37 @@ def beam_search(
         grown = history.index_select(0, src).view(a, k, -1)
         grown[:, :, t] = token
         finishing = ended | at_cap
-        lengths = torch.where(ended, t, t + 1)
-        new_fin = torch.where(finishing, length_norm(top, lengths, length_penalty), NEG_INF)
-        merged = torch.cat([fin_score[active], new_fin], dim=1)
-        best, pick = merged.topk(nbest, dim=1)
-        fin_score[active] = best
-        fin_tokens[active] = torch.cat([fin_tokens[active], grown], dim=1).gather(
-            1, pick[:, :, None].expand(-1, -1, grown.shape[2]))
-        fin_len[active] = torch.cat([fin_len[active], lengths], dim=1).gather(1, pick)
+        if bool(finishing.any()):  # most steps finish nothing: the n-best lists stay as they are
+            finished = True
+            lengths = torch.where(ended, t, t + 1)
+            new_fin = torch.where(finishing, length_norm(top, lengths, length_penalty), NEG_INF)
+            merged = torch.cat([fin_score[active], new_fin], dim=1)
+            best, pick = merged.topk(nbest, dim=1)
+            fin_score[active] = best
+            fin_tokens[active] = torch.cat([fin_tokens[active], grown], dim=1).gather(
+                1, pick[:, :, None].expand(-1, -1, grown.shape[2]))
+            fin_len[active] = torch.cat([fin_len[active], lengths], dim=1).gather(1, pick)
 
         score = torch.where(found & ~finishing, top, NEG_INF)
         live = score.max(dim=1).values
-        bound = best_reachable(live, t + 1, caps[active], length_bonus, length_penalty)
-        done = (live == NEG_INF) | (fin_score[active, -1] >= bound)
-        if bool(done.all()):
-            break
-        # the surviving rows, utterances that are done dropped from the batch
-        keep = ~done
-        index = src.view(a, k)[keep].reshape(-1)
-        last = token[keep].reshape(-1)
-        active, score = active[keep], score[keep]
-        history = grown[keep].reshape(-1, grown.shape[2])
+        done = live == NEG_INF
+        if finished:
+            done |= fin_score[active, -1] >= best_reachable(live, t + 1, caps[active], length_bonus, length_penalty)
+        chosen = prefix[src, column] if ctc is not None else None
+        if bool(done.any()):
+            if bool(done.all()):
+                break
+            # the surviving rows, utterances that are done dropped from the batch
+            keep = ~done
+            src, token, grown = src.view(a, k)[keep].reshape(-1), token[keep], grown[keep]
+            active, score = active[keep], score[keep]
+            chosen = None if chosen is None else chosen.view(a, k)[keep].reshape(-1)
+        index, last = src, token.reshape(-1)
+        history = grown.reshape(-1, grown.shape[2])
         if use_att:
-            state = state.select(index, keep.nonzero().squeeze(1) if bool(done.any()) else None)
+            state = state.select(index, (~done).nonzero().squeeze(1) if a != active.numel() else None)
         if ctc is not None:
-            ctc_state = ctc.extend(ctc_state, index, last, prefix[src, column].view(a, k)[keep].reshape(-1))
+            ctc_state = ctc.extend(ctc_state, index, last, chosen)
         if use_lm:
             lm_state = lm.select(lm_state, index)
         if seen is not None:
