@@ -128,6 +128,8 @@ def beam_search(
 
     # the beams of an utterance share its encoder memory (one copy, not K)
     state = model.init_state(enc_out, enc_lens, beams=k) if use_att else None
+    # the packed step's cache moves only rows whose hypothesis changed (model/packed.py)
+    in_place = state is not None and state.packed is not None
     ctc = ctc_state = None
     if ctc_weight > 0:
         ctc = CTCPrefixScorer(model.ctc_log_probs(enc_out), enc_lens)
@@ -187,8 +189,9 @@ def beam_search(
         total = total.masked_fill(total.isnan(), NEG_INF)
         c = total.shape[1]
         top, flat = total.view(a, k * c).topk(k, dim=1)  # (A, K), best first
-        order = parents_in_place(flat.div(c, rounding_mode="floor"))
-        top, flat = top.gather(1, order), flat.gather(1, order)
+        if in_place:
+            order = parents_in_place(flat.div(c, rounding_mode="floor"))
+            top, flat = top.gather(1, order), flat.gather(1, order)
         src = (torch.arange(a, device=dev)[:, None] * k + flat.div(c, rounding_mode="floor")).reshape(-1)
         column = (flat % c).reshape(-1)
         token = column if cand is None else cand[src, column]
