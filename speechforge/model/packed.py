@@ -85,7 +85,9 @@ class PackedCache:
     only the newest may step: an older one raises rather than read rows moved under it."""
 
     def __init__(self):
-        self.store: dict = {"buffer": None, "owner": self}
+        # the owner by weak reference: a cycle through it would keep the buffer (up to
+        # capacity x rows x layers x 2 x d_model floats) alive until the garbage collector ran
+        self.store: dict = {"buffer": None, "owner": weakref.ref(self)}
         self.length = 0  # positions filled
         self.index: torch.Tensor | None = None  # the pending reorder
 
@@ -93,13 +95,13 @@ class PackedCache:
         out = PackedCache.__new__(PackedCache)
         out.store, out.length = self.store, self.length
         out.index = index if self.index is None else self.index.index_select(0, index)
-        self.store["owner"] = out
+        self.store["owner"] = weakref.ref(out)
         return out
 
     def claim(self, u: int, row: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """The buffer with the pending reorder done and room for ``u`` new positions of
         (N, *row) each; returns its filled part, the new positions last, for the step to write."""
-        if self.store["owner"] is not self:
+        if self.store["owner"]() is not self:
             raise RuntimeError("this decoder state was replaced by the one select() returned; step that one")
         buffer, t, index, self.index = self.store["buffer"], self.length, self.index, None
         if buffer is None or (index is not None and not _moves_in_place(index, buffer.shape[1])):

@@ -79,6 +79,26 @@ def test_the_packed_cache_grows_past_its_first_capacity_as_the_module_caches_do(
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_finished_search_frees_its_cache_without_the_garbage_collector():
+    import gc
+    import weakref
+
+    model = small_model()
+    with torch.inference_mode():
+        enc_out, enc_lens = encoded(model)
+        state = model.init_state(enc_out, enc_lens, beams=2)
+        model.step(torch.tensor([5, 6, 7, 8]), state)
+        state = state.select(torch.tensor([1, 1, 2, 3]))
+        model.step(torch.tensor([5, 6, 7, 8]), state)
+        buffer = weakref.ref(state.caches.store["buffer"])
+    gc.disable()
+    try:
+        del state
+        assert buffer() is None  # freed by reference counting, as the module path's caches are
+    finally:
+        gc.enable()
+
+
 def test_a_decoder_state_replaced_by_select_cannot_step():
     # the buffer is shared and reordered in place: the older state would read moved rows
     model = small_model()
