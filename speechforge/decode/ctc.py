@@ -76,22 +76,27 @@ class CTCPrefixScorer:
     def __init__(self, ctc_log_probs: torch.Tensor, enc_lens: torch.Tensor, blank: int = BLANK, eos: int = EOS,
                  max_elements: int = 1 << 22):
         b, t, v = ctc_log_probs.shape
+        # time last, one row per (utterance, token): a candidate's frames are one contiguous
+        # row, so gathering them is an index_select (a strided gather costs 50x more).
         # float64: the closed form subtracts cumulative sums that reach thousands
-        x = ctc_log_probs.detach().double().clamp(min=LOG_FLOOR)
+        x = ctc_log_probs.detach().transpose(1, 2).to(torch.float64, memory_format=torch.contiguous_format, copy=True)
+        x = x.clamp_(min=LOG_FLOOR)  # (B, V, T)
         self.lens = enc_lens.to(x.device).clamp(min=1, max=t)
         self.valid = torch.arange(t, device=x.device)[None, :] < self.lens[:, None]  # (B, T)
-        # frames past the end take log 1 so that the sums stay finite; they are masked out
-        x = x.masked_fill(~self.valid[:, :, None], 0.0)
-        # time last, one row per (utterance, token): a candidate's frames are one contiguous
-        # row, so gathering them is an index_select (a strided gather costs 50x more)
-        self.rows = x.transpose(1, 2).reshape(b * v, t)  # (B * V, T)
+        padded = not bool(self.valid.all())  # one utterance, or a batch of equal lengths: no masks
+        if padded:
+            # frames past the end take log 1 so that the sums stay finite; they are masked out
+            x = x.masked_fill_(~self.valid[:, None, :], 0.0)
+        self.rows = x.view(b * v, t)  # (B * V, T)
         # the same rows as probabilities over each row's largest: a prefix score is then one
         # small product per hypothesis, phi's probabilities by these, instead of a
         # logsumexp over every (candidate, frame) (4x faster on a 10-beam bpe5k_ctc step)
-        valid_rows = self.valid.repeat_interleave(v, 0)
-        self.row_max = self.rows.masked_fill(~valid_rows, NEG_INF).amax(1)  # (B * V,)
-        self.row_probs = (self.rows - self.row_max[:, None]).exp().masked_fill(~valid_rows, 0.0)
-        self.blank_frames = x[:, :, blank]  # (B, T)
+        valid_rows = self.valid[:, None, :].expand(b, v, t).reshape(b * v, t) if padded else None
+        self.row_max = (self.rows.masked_fill(~valid_rows, NEG_INF) if padded else self.rows).amax(1)  # (B * V,)
+        self.row_probs = (self.rows - self.row_max[:, None]).exp_()
+        if padded:
+            self.row_probs.masked_fill_(~valid_rows, 0.0)
+        self.blank_frames = x[:, blank]  # (B, T)
         self.blank_sums = self.blank_frames.cumsum(1)  # (B, T)
         self.blank, self.eos, self.vocab_size = blank, eos, v
         self.max_elements = max_elements  # bounds (rows x candidates x T) per chunk

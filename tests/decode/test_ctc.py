@@ -99,6 +99,15 @@ def test_scoring_in_chunks_gives_the_same_scores(random_ctc):
     torch.testing.assert_close(chunked.score(state), whole.score(state))
 
 
+def test_the_scorer_leaves_the_callers_log_probabilities_as_they_were(random_ctc):
+    log_probs, lens = random_ctc
+    log_probs = log_probs.clone()
+    log_probs[0, 0, 1] = -math.inf  # floored inside the scorer, never in the caller's tensor
+    before = log_probs.clone()
+    CTCPrefixScorer(log_probs, lens)
+    assert torch.equal(log_probs, before)
+
+
 def test_select_reorders_and_repeats_rows(random_ctc):
     log_probs, lens = random_ctc
     scorer = CTCPrefixScorer(log_probs, lens)
