@@ -118,8 +118,9 @@ class CTCPrefixScorer:
             candidates = torch.arange(self.vocab_size, device=self.rows.device).expand(n, -1)
         candidates = candidates.to(self.rows.device)
         chunk = max(1, self.max_elements // max(1, t * n))
-        phi_prev = self._phi_prev(state)
-        parts = [self._psi(state, phi_prev, candidates[:, i : i + chunk]) for i in range(0, candidates.shape[1], chunk)]
+        phi_prev, whole = self._prefix_terms(state)
+        parts = [self._psi(state, phi_prev, whole, candidates[:, i : i + chunk])
+                 for i in range(0, candidates.shape[1], chunk)]
         return torch.cat(parts, dim=1)
 
     def select(self, state: CTCPrefixState, index: torch.Tensor) -> CTCPrefixState:
@@ -139,7 +140,7 @@ class CTCPrefixScorer:
         picked = self.select(state, index)
         tokens = tokens.to(picked.r.device)
         if scores is None:
-            scores = self._psi(picked, self._phi_prev(picked), tokens[:, None])[:, 0]
+            scores = self._psi(picked, *self._prefix_terms(picked), tokens[:, None])[:, 0]
         x_c = self.rows.index_select(0, picked.utt * self.vocab_size + tokens)  # (N, T)
         r_n, r_b = picked.r[:, 0], picked.r[:, 1]
         # a repeated token is a new label only after a blank: phi keeps blank-ending paths
@@ -160,15 +161,18 @@ class CTCPrefixScorer:
         """log phi(-1): before frame 0 only the empty prefix has probability (1)."""
         return torch.where(state.last < 0, 0.0, NEG_INF).to(state.r.dtype)
 
-    def _phi_prev(self, state: CTCPrefixState) -> torch.Tensor:
+    def _prefix_terms(self, state: CTCPrefixState) -> tuple[torch.Tensor, torch.Tensor]:
         """phi one frame back, (N, 2, T): [all paths, blank-ending paths] of each prefix (a
-        candidate repeating the prefix's last token continues only the blank-ending ones)."""
+        candidate repeating the prefix's last token continues only the blank-ending ones); and
+        log P(labelling == prefix), (N, 1), the score of <eos>."""
         r_n, r_b = state.r[:, 0], state.r[:, 1]
-        phi = torch.stack([torch.logaddexp(r_n, r_b), r_b], dim=1)
+        r_sum = torch.logaddexp(r_n, r_b)
         start = self._start(state)[:, None, None].expand(-1, 2, 1)
-        return torch.cat([start, phi[:, :, :-1]], dim=2)
+        phi_prev = torch.cat([start, torch.stack([r_sum, r_b], dim=1)[:, :, :-1]], dim=2)
+        last_frame = (self.lens.index_select(0, state.utt) - 1)[:, None]
+        return phi_prev, r_sum.gather(1, last_frame)
 
-    def _psi(self, state: CTCPrefixState, phi_prev: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    def _psi(self, state: CTCPrefixState, phi_prev: torch.Tensor, whole: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """psi(g+c) = log sum_t phi(t-1) x_c(t), (N, C), as a product of probabilities scaled
         by each row's largest (phi's over frames, x_c's the table's), then logs put back."""
         n, c = cand.shape
@@ -190,9 +194,7 @@ class CTCPrefixScorer:
             logs = torch.where(repeat[:, 0, :, None].bool(), phi_prev[:, 1:2], phi_prev[:, 0:1])  # (N, C, T)
             exact = (logs + self.rows.index_select(0, rows).view(n, c, t)).logsumexp(2)
             psi = torch.where(lost, exact, psi)
-        last_frame = (self.lens.index_select(0, state.utt) - 1)[:, None]
-        full = torch.logaddexp(state.r[:, 0], state.r[:, 1]).gather(1, last_frame)  # (N, 1) log P(labelling == prefix)
-        psi = torch.where(cand == self.eos, full, psi)
+        psi = torch.where(cand == self.eos, whole, psi)
         return psi.masked_fill(cand == self.blank, NEG_INF)
 
 
