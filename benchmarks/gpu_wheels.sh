@@ -16,3 +16,14 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   catalogue==2.0.10 jiwer==4.0.0 rapidfuzz==3.14.6 \
   soundfile==0.14.0 cffi==2.0.0 pycparser==3.0 kaldi-native-fbank==1.23.0 espeakng-loader==0.2.4 tqdm==4.70.1
 ls .whl
+# --peers: the peer harness's files and the wheels of the peers (ESPnet, SpeechBrain) into .whl/peers,
+# for benchmarks/lanes.py on the lent machine's CPU (the machine has torch, scipy, PyYAML and torchaudio).
+if [ "${1:-}" = --peers ]; then
+  peers=${PEERS:-../shared/bench/peers}
+  mkdir -p .whl/peers/wheels
+  cp "$peers"/{spec.json,common.py,best.py,table.py,espnet_adapter.py,speechbrain_adapter.py,torch_adapter.py} .whl/peers/
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${platforms[@]}" \
+    -d .whl/peers/wheels espnet==202511 configargparse==1.9.0 editdistance==0.8.1 humanfriendly==10.0 typeguard==4.6.1 \
+    speechbrain==1.1.2 hyperpyyaml==1.2.3 ruamel.yaml==0.18.17 ruamel.yaml.clib==0.2.15
+  ls .whl/peers .whl/peers/wheels
+fi
