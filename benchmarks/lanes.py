@@ -6,10 +6,14 @@ does not fit. Here every job gets two physical cores of its own (`taskset`, `OMP
 no GPU), and as many jobs run at once as there are free pairs of cores. Jobs that share the
 machine share its memory bandwidth and last-level cache, so read ratios between rows of one run,
 as the harness asks anyway; round 2 runs the adapters in the reverse order, so that no row keeps
-one lane, and the table keeps each row's best (the harness's best.py).
+one lane, and the table keeps each row's best (the harness's best.py). What it cost there: on
+the lent H200 machine's 16-core Xeon, seven jobs at once ran at 0.46-0.65x the frames/s that one
+job alone had measured on such a machine a session before. Not all of that is sharing: the
+quickstart ran at 0.65x too in a call where the other lanes had failed at once. `--lanes 3` leaves
+more of the machine to each job when minutes allow.
 
     python benchmarks/lanes.py --peers DIR --out DIR [--rounds 2] [--quickstart] [--deadline S]
-                               [--alongside CMD] [--reserve 2] [--quick]
+                               [--lanes N] [--alongside CMD] [--reserve 2] [--quick]
 
 DIR (--peers) holds the harness's spec.json, common.py, best.py, table.py and adapters, whose
 toolkits import from the current python (benchmarks/gpu_wheels.sh --peers fetches them as wheels).
@@ -114,14 +118,20 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=330.0)
     ap.add_argument("--alongside", help="a shell command to run on the reserved cores meanwhile")
     ap.add_argument("--reserve", type=int, default=2, help="physical cores no lane uses")
+    ap.add_argument("--lanes", type=int, default=0, help="at most this many jobs at once (0: a pair of cores each)")
     ap.add_argument("--quick", action="store_true", help="the adapters' --quick (a smoke test)")
     args = ap.parse_args()
+    # adapters run from their own folder, so every path handed to them must be absolute
+    args.peers, args.out = args.peers.resolve(), args.out.resolve()
     (args.out / "records").mkdir(parents=True, exist_ok=True)
     spec = json.loads((args.peers / "spec.json").read_text())
     spec["decode"].update(utterance_frames=spec["decode"]["utterance_frames"][:1], output_tokens=20)
     (args.peers / "spec_train.json").write_text(json.dumps(spec))
 
     pairs, spare = core_pairs(args.reserve)
+    if args.lanes:
+        spare += [c for p in pairs[args.lanes:] for c in p]
+        pairs = pairs[: args.lanes]
     print(f"lanes (logical CPUs on distinct physical cores): {pairs}; spare: {spare}", flush=True)
     alongside = None
     if args.alongside:
