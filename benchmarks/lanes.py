@@ -57,8 +57,7 @@ def core_pairs(reserve: int) -> tuple[list[list[int]], list[int]]:
 
 
 def job_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
-    return env
+    return dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
 
 
 def adapter_jobs(peers: Path, rounds: int, quick: bool, precisions=("bf16", "fp32")) -> list[dict]:
@@ -72,8 +71,9 @@ def adapter_jobs(peers: Path, rounds: int, quick: bool, precisions=("bf16", "fp3
                 continue
             spec = peers / ("spec_train.json" if name in TRAIN_ONLY else "spec.json")
             tag = name + ("" if precision == "fp32" else f"-{precision}") + ("" if r == 1 else f".r{r}")
+            cmd = [sys.executable, str(script), "--spec", str(spec), "--precision", precision] + ["--quick"] * quick
             jobs.append({"tag": tag, "precision": precision, "train_only": name in TRAIN_ONLY, "cwd": script.parent,
-                         "cmd": [sys.executable, str(script), "--spec", str(spec), "--precision", precision] + (["--quick"] if quick else [])})
+                         "cmd": cmd})
     return jobs
 
 
