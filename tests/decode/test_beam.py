@@ -164,6 +164,22 @@ def test_wide_joint_ctc_beam_equals_exhaustive_search():
     assert_same_nbest(hyps, exhaustive(model, enc_out, enc_lens, max_len=4, nbest=5, ctc_weight=0.3))
 
 
+def test_a_ctc_window_ranked_in_fp32_scores_as_the_whole_vocabulary_does():
+    # an fp32 decoder, so the window is ranked on fp32 log-probabilities; it leaves out only
+    # <blank>, the decoder's worst token here and one CTC never takes, so the search must keep
+    # the same hypotheses with the same fp64 sums as a search over every token
+    model = tiny_model(dtype=torch.float32)
+    with torch.no_grad():
+        model.decoder.out.bias[BLANK] = -1e4
+    enc_out, enc_lens = random_enc([9, 6], dtype=torch.float32)
+    options = dict(beam_size=4, nbest=3, ctc_weight=0.3, length_bonus=0.4, min_len_ratio=0.3)
+    windowed = beam_search(model, enc_out, enc_lens, ctc_window=V - 1, **options)
+    full = beam_search(model, enc_out, enc_lens, ctc_window=0, **options)
+    assert [[h.tokens for h in hyps] for hyps in windowed] == [[h.tokens for h in hyps] for hyps in full]
+    assert [h.score for hyps in windowed for h in hyps] == pytest.approx(
+        [h.score for hyps in full for h in hyps], abs=1e-12)
+
+
 def test_ctc_weight_one_scores_like_ctc_prefix_beam_search():
     model = tiny_model()
     enc_out, enc_lens = random_enc([3])
