@@ -151,36 +151,10 @@ def beam_search(
     active = torch.arange(b, device=dev)
     finished = False  # any hypothesis, of any utterance
 
-    windowed = ctc is not None and pre_beam
-
-    def token_scores(att: torch.Tensor | None, lm_lp: torch.Tensor | None, columns: torch.Tensor | None,
-                     eos_blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """What each token adds this step before CTC, (N, V), or (N, C) for the token ids
-        ``columns`` (N, C) when the attention and LM log-probabilities come gathered."""
-        n = eos_blocked.shape[0]
-        if att is None:
-            step = torch.zeros(n, v if columns is None else columns.shape[1], dtype=dtype, device=dev)
-        else:
-            step = att.to(dtype, copy=True)  # never ``att`` itself: the window's scores gather from it
-            if ctc_weight:
-                step *= 1.0 - ctc_weight
-        if lm_lp is not None:
-            step += lm_weight * lm_lp.to(dtype)
-        if columns is None:
-            if length_bonus:
-                step += length_bonus
-                step[:, EOS] -= length_bonus
-            step[:, EOS] = step[:, EOS].masked_fill(eos_blocked, NEG_INF)
-            return step
-        is_eos = columns == EOS
-        if length_bonus:
-            step += length_bonus * (~is_eos).to(dtype)
-        return step.masked_fill(is_eos & eos_blocked[:, None], NEG_INF)
-
     for t in range(l_max):
         a = active.numel()
         n = a * k
-        att = lm_log_probs = None
+        # what every token adds this step, before CTC: (N, V)
         if use_att:
             logits = model.step(last, state)
             # bf16 logits normalised in fp32 (a (N, V) pass in fp64 costs as much as a layer's
@@ -190,29 +164,26 @@ def beam_search(
                 logits = repeat_penalised(logits, seen, repeat_penalty)
             if temperature != 1.0:
                 logits = logits / temperature
-            att = logits.log_softmax(-1)
+            step = logits.log_softmax(-1).double()
+            if ctc_weight:
+                step *= 1.0 - ctc_weight
+        else:
+            step = torch.zeros(n, v, dtype=torch.float64, device=dev)
         if use_lm:
             lm_log_probs, lm_state = lm.score(last, lm_state)
+            step += lm_weight * lm_log_probs.double()
+        if length_bonus:
+            step += length_bonus
+            step[:, EOS] -= length_bonus
         if force_length is None:
-            eos_blocked = (t < mins[active]).repeat_interleave(k)
+            step[:, EOS] = step[:, EOS].masked_fill((t < mins[active]).repeat_interleave(k), NEG_INF)
         else:
-            eos_blocked = torch.ones(n, dtype=torch.bool, device=dev)
+            step[:, EOS] = NEG_INF
         cand = None
-        if windowed:
-            # the window is ranked in fp32 and only its scores are made in fp64: a (N, V) pass
-            # in fp64 cost a tenth of a 10-beam bpe5k_ctc step
-            rank = token_scores(att, lm_log_probs, None, eos_blocked, att.dtype if use_att else torch.float32)
-            cand = rank.topk(window, dim=1).indices
-            step = token_scores(None if att is None else att.gather(1, cand),
-                                None if lm_log_probs is None else lm_log_probs.gather(1, cand), cand, eos_blocked,
-                                torch.float64)
-        else:
-            step = token_scores(att, lm_log_probs, None, eos_blocked, torch.float64)
-            if ctc is not None:
-                cand = torch.arange(v, device=dev).expand(n, v)
         if ctc is not None:
+            cand = step.topk(window, dim=1).indices if pre_beam else torch.arange(v, device=dev).expand(n, v)
             prefix = ctc.score(ctc_state, cand).to(step.dtype)
-            step = (step if windowed else step.gather(1, cand)) + ctc_weight * (prefix - ctc_state.score[:, None])
+            step = step.gather(1, cand) + ctc_weight * (prefix - ctc_state.score[:, None])
         # rows already dead (-inf) would give -inf - -inf = nan through the CTC increment
         total = score.reshape(n, 1) + step
         total = total.masked_fill(total.isnan(), NEG_INF)
