@@ -167,7 +167,7 @@ def test_wide_joint_ctc_beam_equals_exhaustive_search():
 def test_a_ctc_window_without_only_blank_keeps_the_whole_vocabularys_hypotheses():
     # an fp32 decoder; the window leaves out only <blank>, the decoder's worst token here and one
     # CTC never takes, so the search must keep the same hypotheses with the same fp64 sums as a
-    # search over every token (a window ranked or summed in fp32 would move them by ~1e-7)
+    # search over every token (sums made in fp32 would move them by ~1e-7)
     model = tiny_model(dtype=torch.float32)
     with torch.no_grad():
         model.decoder.out.bias[BLANK] = -1e4
