@@ -138,13 +138,21 @@ def test_check_on_a_corpus_without_training_data_does_not_promise_to_generate_it
     assert "train-clean-100" in line and "generated" not in line
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes").rglob("*.toml")), ids=lambda p: str(p.relative_to(REPO / "recipes")))
+SHIPPED = sorted((REPO / "recipes").rglob("*.toml"))
+
+
+def _not_here_yet(path: str, reason: str) -> bool:
+    """A problem that depends on the machine: a corpus or a trained run not there yet."""
+    if path.endswith(".root"):
+        return "no such directory" in reason
+    return path in ("init.asr_run", "init.lm_run") and "not a trained run" in reason
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_every_shipped_recipe_validates_but_for_data_and_runs_this_machine_lacks(path):
     # a key misspelt or a value out of range in a recipe the README sends users to fails here,
-    # not after a corpus is built; what depends on the machine (a corpus or a trained run not
-    # there yet) is all that may still be missing
+    # not after a corpus is built
     try:
         recipe_mod.load(path)
     except RecipeError as err:
-        absent = [(p, r) for p, r in err.problems if p.endswith(".root") or p.startswith("init.")]
-        assert absent == err.problems, f"{path.name}: {err.problems}"
+        assert all(_not_here_yet(p, r) for p, r in err.problems), f"{path.name}: {err.problems}"
