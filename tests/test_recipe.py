@@ -156,3 +156,32 @@ def test_every_shipped_recipe_validates_but_for_data_and_runs_this_machine_lacks
         recipe_mod.load(path)
     except RecipeError as err:
         assert all(_not_here_yet(p, r) for p, r in err.problems), f"{path.name}: {err.problems}"
+
+
+def _flat(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# what an encoder quickstart may change: its encoder layer, the absolute positions its
+# relative-position attention replaces, and the steps that fit the quickstart's wall time
+ENCODER_KEYS = ("model.encoder.", "model.embedding.positions", "trainer.max_steps", "trainer.epochs",
+                "trainer.validate_every_epochs", "scheduler.warmup_steps")
+
+
+@pytest.mark.parametrize("name", ["quickstart_conformer", "quickstart_e_branchformer"])
+def test_encoder_quickstarts_differ_from_the_quickstart_only_in_the_encoder_and_its_steps(name):
+    # benchmarks/encoders.py compares encoders at equal wall time on these recipes: a corpus,
+    # augmentation or decoder setting left behind when the quickstart moves makes it compare more
+    quickstart = _flat(recipe_mod.read_toml(REPO / "recipes" / "quickstart.toml"))
+    other = _flat(recipe_mod.read_toml(REPO / "recipes" / f"{name}.toml"))
+    shared = {k: v for k, v in quickstart.items() if not k.startswith(ENCODER_KEYS)}
+    assert {k: other.get(k) for k in shared} == shared
+    assert not [k for k in other if k not in quickstart and not k.startswith(ENCODER_KEYS)]
+    assert other["model.encoder.num_layers"] == quickstart["model.encoder.num_layers"]
+    assert other["model.encoder.d_ff"] == quickstart["model.encoder.d_ff"]
