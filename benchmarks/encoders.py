@@ -1,6 +1,7 @@
 """Transformer, Conformer and E-Branchformer encoders side by side at equal wall time.
 
     python benchmarks/encoders.py                 # about 20 minutes on 2 idle cores
+    python benchmarks/encoders.py --seeds 0,1     # each model once per seed, CERs averaged
     python benchmarks/encoders.py --quick         # smoke test: a few steps each
 
 Each model is the quickstart's (recipes/quickstart.toml, quickstart_conformer.toml,
@@ -14,7 +15,9 @@ settings; only the encoder layer differs). Equal wall time is the quickstart's b
    its schedule compressed to fit, warm-up included (``trainer.max_steps`` and
    ``scheduler.warmup_steps`` scaled alike: a fixed warm-up would leave a slower model
    almost no steps at the peak learning rate);
-3. each run is decoded on dev greedily (by the run itself) and with beam 10 + CTC 0.3.
+3. each run is decoded on dev greedily (by the run itself) and with beam 10 + CTC 0.3;
+   with several ``--seeds`` the step counts stay those of the calibration and the table gives
+   each CER's mean over seeds, then the seeds' own.
 
 The table (Markdown) comes last; ``--json`` writes it too. Nothing else should run meanwhile.
 """
@@ -58,8 +61,8 @@ def calibrate(recipe: str, run_dir: Path, steps: int) -> float:
     return sum(rates[1:]) / max(1, len(rates) - 1) if len(rates) > 1 else rates[0]
 
 
-def train_and_decode(recipe: str, run_dir: Path, steps: int | None, warmup: int | None = None) -> dict:
-    extra = [] if steps is None else ["--set", f"trainer.max_steps={steps}"]
+def train_and_decode(recipe: str, run_dir: Path, seed: int, steps: int | None, warmup: int | None = None) -> dict:
+    extra = ["--set", f"seed={seed}"] + ([] if steps is None else ["--set", f"trainer.max_steps={steps}"])
     if warmup is not None:
         extra += ["--set", f"scheduler.warmup_steps={warmup}"]
     speechforge("run", recipe, "--run-dir", str(run_dir), *extra)
@@ -84,6 +87,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "encoders")
     parser.add_argument("--calibrate", type=int, default=100, help="steps timed per model before the runs")
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 calibration steps, 6-step runs")
+    parser.add_argument("--seeds", default="0", help="comma-separated: every model trains once per seed")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     flags = ", ".join(precision.cpu_bf16_flags()) or "no bf16 flags"
@@ -92,27 +96,37 @@ def main() -> int:
              for i, (name, recipe) in enumerate(MODELS.items())}
     base = next(iter(MODELS))
     base_warmup = read_toml(ROOT / MODELS[base])["scheduler"]["warmup_steps"]
-    rows = {}
-    full = None
-    for i, (name, recipe) in enumerate(MODELS.items()):
-        share = rates[name] / rates[base]
-        if name == base:
-            steps, warmup = (6 if args.quick else None), None
-        else:
-            steps, warmup = max(1, round(full * share)), max(1, round(base_warmup * share))
-        rows[name] = train_and_decode(recipe, args.out / f"run-{i}", steps, warmup)
-        if name == base:
-            full = rows[name]["steps"]
-        print(name, rows[name], flush=True)
+    seeds = [int(x) for x in args.seeds.split(",")]
+    runs: dict[str, list[dict]] = {name: [] for name in MODELS}
+    for seed in seeds:
+        full = None
+        for i, (name, recipe) in enumerate(MODELS.items()):
+            share = rates[name] / rates[base]
+            if name == base:
+                steps, warmup = (6 if args.quick else None), None
+            else:
+                steps, warmup = max(1, round(full * share)), max(1, round(base_warmup * share))
+            runs[name].append(train_and_decode(recipe, args.out / f"run-{i}-seed{seed}", seed, steps, warmup))
+            if name == base:
+                full = runs[name][-1]["steps"]
+            print(name, f"seed {seed}", runs[name][-1], flush=True)
     print(f"\nCPU: {flags}; calibration frames/s: "
-          + ", ".join(f"{n.split(' ')[0]} {r:.0f}" for n, r in rates.items()))
+          + ", ".join(f"{n.split(' ')[0]} {r:.0f}" for n, r in rates.items()) + f"; seeds {args.seeds}")
+
+    def cer(rs: list[dict], key: str) -> str:
+        mean = f"{sum(r[key] for r in rs) / len(rs):.3f}"
+        return mean if len(rs) == 1 else f"{mean} ({', '.join(f'{r[key]:.3f}' for r in rs)})"
+
     print("\n| encoder | parameters | frames/s | steps | training s | dev CER greedy | dev CER beam 10 + CTC 0.3 |")
     print("|---|---|---|---|---|---|---|")
-    for name, r in rows.items():
-        print(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['frames_per_s']:,} | {r['steps']} | {r['train_seconds']:.0f} "
-              f"| {r['greedy_cer']:.3f} | {r['beam_ctc_cer']:.3f} |")
+    for name, rs in runs.items():
+        r = rs[0]
+        seconds = sum(x["train_seconds"] for x in rs) / len(rs)
+        frames = round(sum(x["frames_per_s"] for x in rs) / len(rs))
+        print(f"| {name} | {r['parameters'] / 1e6:.2f}M | {frames:,} | {r['steps']} | {seconds:.0f} "
+              f"| {cer(rs, 'greedy_cer')} | {cer(rs, 'beam_ctc_cer')} |")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": flags, "calibration": rates, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"cpu": flags, "calibration": rates, "seeds": seeds, "runs": runs}, indent=2))
     return 0
 
 
