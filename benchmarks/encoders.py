@@ -4,14 +4,15 @@
     python benchmarks/encoders.py --seeds 0,1     # each model once per seed, CERs averaged
     python benchmarks/encoders.py --quick         # smoke test: a few steps each
 
-Each model is the quickstart's (recipes/quickstart.toml, quickstart_conformer.toml,
+Each model is the quickstart's (recipes/quickstart.toml, a Conformer; quickstart_transformer.toml,
 quickstart_e_branchformer.toml: the same corpus, d_model, layers, feed-forward and training
-settings; only the encoder layer differs). Equal wall time is the quickstart's budget:
+settings; only the encoder layer differs, as tests/test_recipe.py checks). Equal wall time is
+the quickstart's budget:
 
 1. calibration: each model trains ``--calibrate`` steps and its training frames/s is read
    from its log (the models see the same batches, so frames/s is steps/s up to a constant);
-2. the Transformer trains the quickstart's whole schedule; each other model trains
-   ``steps x its frames/s / the Transformer's``, so that its training takes the same time,
+2. the quickstart trains its whole schedule; each other model trains
+   ``steps x its frames/s / the quickstart's``, so that its training takes the same time,
    its schedule compressed to fit, warm-up included (``trainer.max_steps`` and
    ``scheduler.warmup_steps`` scaled alike: a fixed warm-up would leave a slower model
    almost no steps at the peak learning rate);
@@ -37,9 +38,9 @@ from speechforge import precision  # noqa: E402
 from speechforge.recipe import read_toml  # noqa: E402
 from speechforge.report import run_parameters  # noqa: E402
 
-MODELS = {
-    "Transformer (prenorm)": "recipes/quickstart.toml",
-    "Conformer": "recipes/quickstart_conformer.toml",
+MODELS = {  # the first is the one whose whole schedule sets the time
+    "Conformer (the quickstart)": "recipes/quickstart.toml",
+    "Transformer (prenorm)": "recipes/quickstart_transformer.toml",
     "E-Branchformer (plugin)": "recipes/quickstart_e_branchformer.toml",
 }
 BEAM = ["--set", "decode.name=beam", "--set", "decode.beam_size=10", "--set", "decode.ctc_weight=0.3"]

@@ -168,13 +168,13 @@ def _flat(table: dict, prefix: str = "") -> dict:
     return out
 
 
-# what an encoder quickstart may change: its encoder layer, the absolute positions its
+# what an encoder quickstart may change: its encoder layer, the absolute positions that
 # relative-position attention replaces, and the steps that fit the quickstart's wall time
 ENCODER_KEYS = ("model.encoder.", "model.embedding.positions", "trainer.max_steps", "trainer.epochs",
                 "trainer.validate_every_epochs", "scheduler.warmup_steps")
 
 
-@pytest.mark.parametrize("name", ["quickstart_conformer", "quickstart_e_branchformer"])
+@pytest.mark.parametrize("name", ["quickstart_transformer", "quickstart_e_branchformer"])
 def test_encoder_quickstarts_differ_from_the_quickstart_only_in_the_encoder_and_its_steps(name):
     # benchmarks/encoders.py compares encoders at equal wall time on these recipes: a corpus,
     # augmentation or decoder setting left behind when the quickstart moves makes it compare more
