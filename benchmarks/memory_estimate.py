@@ -38,6 +38,7 @@ def measure(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from speechforge import experiment, recipe as recipes
+    from speechforge.data.batching import pad_steps
     from speechforge.train import memory
 
     torch.set_num_threads(args.threads)
@@ -54,8 +55,11 @@ def measure(args) -> dict:
         exp = experiment.build(recipe, Path(tmp), log=lambda msg: None)
         exp.save_assets()
         split = exp.corpus.split("train")
+        # the heaviest batch as this precision pads it: cut at fp32's, a bf16 run pads the same
+        # utterances past max_frames and trains them as two batches, one step each
+        frame_step = pad_steps(args.precision)[0]
         split.utterances = [split.utterances[i] for i in memory.heaviest_batch(
-            [u.num_frames for u in split.utterances], exp.corpus.max_frames, exp.corpus.batch_size)]
+            [u.num_frames for u in split.utterances], exp.corpus.max_frames, exp.corpus.batch_size, frame_step)]
         trainer = recipe.trainer.build()
         loss_fn = recipe.loss.build()
         # before training: Accelerate's prepare() wraps the model's forward, and check sees it unwrapped

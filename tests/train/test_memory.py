@@ -14,6 +14,7 @@ from torch import nn
 
 from speechforge import recipe as recipes
 from speechforge.cli import main
+from speechforge.data.batching import make_batches
 from speechforge.model.transformer import count_parameters
 from speechforge.train import memory
 
@@ -86,6 +87,16 @@ def test_the_heaviest_batch_is_the_one_with_the_most_padded_frames():
     assert sorted(memory.heaviest_batch(lengths, 1000, 2)) == [2, 5]  # [90, 95] [100, 300] [310, 450]
     assert memory.heaviest_batch(lengths, 400, None) == [5]
 
+
+
+def test_the_heaviest_batch_at_a_padding_step_trains_as_one_batch_at_that_step():
+    # benchmarks/memory_estimate.py trains on this batch alone: cut at fp32's (no padding), a bf16
+    # run pads the same utterances past max_frames and splits them, and measures a smaller step
+    lengths = [375] * 8 + [200] * 4
+    unpadded = [lengths[i] for i in memory.heaviest_batch(lengths, 3000, None)]
+    assert len(make_batches(unpadded, 3000, None, bucketed=True, rng=None, step=32)) == 2
+    padded = [lengths[i] for i in memory.heaviest_batch(lengths, 3000, None, step=32)]
+    assert len(padded) == 7 and make_batches(padded, 3000, None, bucketed=True, rng=None, step=32) == [list(range(7))]
 
 def test_check_prints_the_estimate_and_its_terms(tiny_recipe, capsys):
     assert main(["check", str(tiny_recipe), "--set", 'trainer.mixed_precision="no"']) == 0
