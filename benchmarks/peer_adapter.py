@@ -35,7 +35,7 @@ sys.path.insert(1, str(harness_dir()))  # after this script's folder, so nothing
 import common  # noqa: E402
 
 import speechforge  # noqa: E402
-from speechforge import precision, recipe as recipes  # noqa: E402
+from speechforge import allocator, precision, recipe as recipes  # noqa: E402
 from speechforge.data.tokenizers import EOS, PAD, SOS  # noqa: E402
 from speechforge.decode.greedy import greedy_search  # noqa: E402
 from speechforge.pipeline import products_text, searched_products  # noqa: E402
@@ -91,6 +91,7 @@ def beam_decoder():
 def main():
     spec = common.load_spec()
     m, dspec = spec["model"], spec["decode"]
+    kept = allocator.keep_freed_memory()  # as speechforge run's trainer does (trainer.keep_freed_memory = true)
     model, loss_fn = build(spec)
     feats, feat_lens, ids, id_lens = common.train_batch(spec)
     tokens_in, tokens_out = speechforge_tokens(ids, id_lens)
@@ -149,6 +150,7 @@ def main():
         "decoding runs under torch.no_grad as speechforge's decode_batches does (the harness's inference_mode "
         "stops autocast from caching its bf16 weight casts)",
         "dropout masks: speechforge.model.dropout (16 random bits an element, four per 64-bit draw)",
+        f"host memory: {kept}, as speechforge run's trainer sets it (speechforge.allocator)",
         "front-end conv weights channels-last (as speechforge builds them)",
         "greedy: speechforge.decode.greedy.greedy_search with the decoder key/value cache, force_length",
     ]

@@ -23,7 +23,7 @@ from pydantic import AfterValidator, Field
 from speechforge import registry
 from speechforge.decode.greedy import greedy_search
 from speechforge.decode.outputs import decode_batches, gather_records, score
-from speechforge import precision
+from speechforge import allocator, precision
 from speechforge.precision import Precision
 from speechforge.train import checkpoint
 from speechforge.train.stages import apply_stage, fallback_stage
@@ -158,6 +158,9 @@ class AccelerateTrainer(TrainingLoop):
         if cfg["trackers"]:
             acc.init_trackers("speechforge", config=_flat_config(exp.recipe.to_dict()))
         precision.allow_tf32(acc.device)
+        kept = allocator.keep_freed_memory(cfg["keep_freed_memory"])
+        if acc.is_main_process:
+            log(f"host memory: {kept}")
         model = exp.model
         # Our sampler shards each global batch across processes itself (see shard_batch),
         # so the loaders are not handed to prepare(), which would shard them again.
@@ -512,6 +515,7 @@ def accelerate(
     cpu: bool = False,
     compile: bool = False,
     deterministic: bool = False,
+    keep_freed_memory: bool = True,
     log_every_steps: Annotated[int, Field(ge=1)] = 10,
     checkpoint_every_steps: Annotated[int, Field(ge=1)] | None = None,
     keep_last: Annotated[int, Field(ge=1)] = 3,
@@ -529,6 +533,8 @@ def accelerate(
     best.pt and the keep_best checkpoints in best/ are chosen by select_by (dev CER, or the
     teacher-forced dev token accuracy as ESPnet does); averaged.pt is the mean of the keep_last
     last checkpoints or of the keep_best best ones (average); the run's closing decode uses
-    decode_weights."""
+    decode_weights. keep_freed_memory keeps the memory each step frees in the process for the
+    next step (speechforge.allocator: glibc only; about a tenth more resident memory, and on a
+    CPU fewer page faults and faster steps); false leaves malloc as it is."""
     return AccelerateTrainer(**{k: v for k, v in locals().items()})
 

@@ -1,0 +1,105 @@
+"""trainer.keep_freed_memory: the peer harness's training step with glibc's malloc as it is, and
+with the memory each step frees kept for the next (speechforge.allocator).
+
+    python benchmarks/allocator_speed.py                       # fp32 and bf16, 3 rounds, ~4 min on 2 cores
+    python benchmarks/allocator_speed.py --precisions fp32 --rounds 1 --steps 2
+    python benchmarks/allocator_speed.py --quick               # smoke test: one small step each
+
+The step is the harness's (../shared/bench/peers/spec.json): recipes/bpe5k_ctc.toml's model built
+as benchmarks/peer_adapter.py builds it, the fixed batch of 8 utterances (1050-1580 frames),
+Adam, forward under the precision's autocast. Each configuration runs in its own process (the
+setting is process-wide, and so is peak RSS), two untimed steps and then --steps timed ones;
+the rounds alternate the two settings, and each keeps its best step. Page faults are the
+process's minor faults over the timed steps, per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT.parent / "shared" / "bench" / "peers"
+
+WORKER = r"""
+import json, resource, sys, time
+spec_path, precision, keep, steps, quick = sys.argv[1], sys.argv[2], sys.argv[3] == "keep", int(sys.argv[4]), sys.argv[5] == "1"
+sys.argv = [sys.argv[0], "--spec", spec_path, "--precision", precision] + ["--quick"] * quick
+sys.path.insert(0, ".")  # run from benchmarks/, beside peer_adapter.py
+from speechforge import allocator
+kept = allocator.keep_freed_memory(keep)
+import torch
+import peer_adapter as pa
+spec = pa.common.load_spec()
+model, loss_fn = pa.build(spec)
+feats, feat_lens, ids, id_lens = pa.common.train_batch(spec)
+tokens_in, tokens_out = pa.speechforge_tokens(ids, id_lens)
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+mixed = "bf16" if precision == "bf16" else "no"
+model.train()
+def step():
+    opt.zero_grad(set_to_none=True)
+    with pa.precision.autocast(mixed, "cpu"):
+        loss = loss_fn(model(feats, feat_lens, tokens_in), tokens_out, id_lens)["loss"]
+    loss.backward()
+    opt.step()
+for _ in range(2):
+    step()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+times = []
+for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"s_per_step": min(times), "frames": int(feat_lens.sum()), "faults_per_step": (usage.ru_minflt - faults) / steps,
+                  "peak_rss_mb": usage.ru_maxrss / 1024, "malloc": kept}))
+"""
+
+
+def run(spec: Path, precision: str, keep: bool, steps: int, quick: bool) -> dict:
+    cmd = [sys.executable, "-c", WORKER, str(spec), precision, "keep" if keep else "as-is", str(steps), str(int(quick))]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent)
+    if out.returncode:
+        sys.exit(f"worker failed ({precision}, keep={keep}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spec", type=Path, default=PEERS / "spec.json")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if not args.spec.exists():
+        sys.exit(f"no harness spec at {args.spec}: pass --spec (../shared/bench/peers/spec.json)")
+    if args.quick:
+        args.rounds, args.steps = 1, 1
+    import platform
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    for precision in args.precisions.split(","):
+        best: dict[bool, dict] = {}
+        for r in range(args.rounds):
+            for keep in ((False, True) if r % 2 == 0 else (True, False)):
+                rec = run(args.spec, precision, keep, args.steps, args.quick)
+                if keep not in best or rec["s_per_step"] < best[keep]["s_per_step"]:
+                    best[keep] = rec
+        for keep in (False, True):
+            b = best[keep]
+            print(f"{precision:5s} {'kept for reuse' if keep else 'malloc as is':15s} {b['s_per_step']:7.3f} s/step "
+                  f"{b['frames'] / b['s_per_step']:7.0f} frames/s {b['faults_per_step']:9.0f} faults/step "
+                  f"{b['peak_rss_mb']:7.0f} MB peak RSS")
+        print(f"{precision:5s} kept / as is: {best[False]['s_per_step'] / best[True]['s_per_step']:.2f}x the frames/s, "
+              f"{best[True]['peak_rss_mb'] / best[False]['peak_rss_mb']:.2f}x the peak RSS")
+
+
+if __name__ == "__main__":
+    main()
