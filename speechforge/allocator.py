@@ -4,12 +4,13 @@ PyTorch's CPU tensors come from malloc. glibc serves a request above its mmap th
 rising to at most 32 MiB as it sees such blocks freed) with a fresh mmap and gives it back to the
 kernel when it is freed, and it trims the top of its heap whenever more than the trim threshold
 lies free there. A training step allocates and frees the same large activations and gradients
-every step, so each step the kernel faults in and zeroes every page of them again: about 420,000
-page faults a step (1.6 GB) for the peer harness's bpe5k_ctc batch on a CPU, which is about a
-fifth of an fp32 step (benchmarks/README.md, "The allocator"). With mmap turned off
-(``M_MMAP_MAX`` 0) and trimming off (``M_TRIM_THRESHOLD`` -1, as mallopt(3) documents), freed
-blocks stay in the heap and the next step reuses them. The price is resident memory that does not
-shrink after a peak: about a tenth more peak RSS on that step.
+every step, so each step the kernel faults in and zeroes every page of them again: 349,000 page
+faults a step (1.4 GB) for the peer harness's bpe5k_ctc batch on the 2-core dev CPU, about a
+quarter of an fp32 step. With mmap turned off (``M_MMAP_MAX`` 0) and trimming off
+(``M_TRIM_THRESHOLD`` -1, as mallopt(3) documents), freed blocks stay in the heap and the next
+step reuses them: 15,000 faults, 1.31x the frames/s in fp32 and 1.06x in bf16
+(benchmarks/allocator_speed.py). The price is resident memory that does not shrink after a
+peak: a tenth more peak RSS on that step in fp32, none in bf16.
 
 PyTorch's performance guide gets the same effect by preloading jemalloc or tcmalloc; this needs
 neither a library nor ``LD_PRELOAD``, and it is one switch, ``trainer.keep_freed_memory``.
