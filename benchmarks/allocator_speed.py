@@ -1,7 +1,7 @@
 """trainer.keep_freed_memory: the peer harness's training step with glibc's malloc as it is, and
 with the memory each step frees kept for the next (speechforge.allocator).
 
-    python benchmarks/allocator_speed.py                       # fp32 and bf16, 3 rounds, ~4 min on 2 cores
+    python benchmarks/allocator_speed.py                       # fp32 and bf16, 3 rounds, ~9 min on 2 cores
     python benchmarks/allocator_speed.py --precisions fp32 --rounds 1 --steps 2
     python benchmarks/allocator_speed.py --quick               # smoke test: one small step each
 
@@ -31,21 +31,8 @@ sys.argv = [sys.argv[0], "--spec", spec_path, "--precision", precision] + ["--qu
 sys.path.insert(0, ".")  # run from benchmarks/, beside peer_adapter.py
 from speechforge import allocator
 kept = allocator.keep_freed_memory(keep)
-import torch
 import peer_adapter as pa
-spec = pa.common.load_spec()
-model, loss_fn = pa.build(spec)
-feats, feat_lens, ids, id_lens = pa.common.train_batch(spec)
-tokens_in, tokens_out = pa.speechforge_tokens(ids, id_lens)
-opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-mixed = "bf16" if precision == "bf16" else "no"
-model.train()
-def step():
-    opt.zero_grad(set_to_none=True)
-    with pa.precision.autocast(mixed, "cpu"):
-        loss = loss_fn(model(feats, feat_lens, tokens_in), tokens_out, id_lens)["loss"]
-    loss.backward()
-    opt.step()
+_, step, frames = pa.training_step(pa.common.load_spec())
 for _ in range(2):
     step()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -55,7 +42,7 @@ for _ in range(steps):
     step()
     times.append(time.perf_counter() - start)
 usage = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"s_per_step": min(times), "frames": int(feat_lens.sum()), "faults_per_step": (usage.ru_minflt - faults) / steps,
+print(json.dumps({"s_per_step": min(times), "frames": frames, "faults_per_step": (usage.ru_minflt - faults) / steps,
                   "peak_rss_mb": usage.ru_maxrss / 1024, "malloc": kept}))
 """
 

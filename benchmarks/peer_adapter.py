@@ -88,15 +88,13 @@ def beam_decoder():
     return search, None
 
 
-def main():
-    spec = common.load_spec()
-    m, dspec = spec["model"], spec["decode"]
-    kept = allocator.keep_freed_memory()  # as speechforge run's trainer does (trainer.keep_freed_memory = true)
+def training_step(spec):
+    """The model and one training step on the harness's batch (Adam, the recipe's loss, forward
+    under the spec's precision), and the batch's real frames."""
     model, loss_fn = build(spec)
     feats, feat_lens, ids, id_lens = common.train_batch(spec)
     tokens_in, tokens_out = speechforge_tokens(ids, id_lens)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
     mixed = "bf16" if spec["precision"] == "bf16" else "no"
 
     def step():
@@ -108,6 +106,14 @@ def main():
         opt.step()
 
     model.train()
+    return model, step, int(feat_lens.sum())
+
+
+def main():
+    spec = common.load_spec()
+    m, dspec = spec["model"], spec["decode"]
+    kept = allocator.keep_freed_memory()  # as speechforge run's trainer does (trainer.keep_freed_memory = true)
+    model, step, _ = training_step(spec)
     common.log("train")
     train = common.time_training(spec, step)
     model.eval()
