@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call's worth of CPU benchmarks on a lent GPU machine, whose CPU has AMX: the peer
 # harness in three lanes of two cores with the quickstart beside it and gpu_check.sh on the spare
-# cores (`lanes`, about 7 minutes), or the allocator comparison and the harness's ESPnet and
-# speechforge bf16 rows one job at a time (`alone`, about 6 minutes). Fetch the wheels here first
+# cores (`lanes`, about 7 minutes), or the allocator comparison (with a profiled step of each
+# setting) and the harness's ESPnet and speechforge bf16 rows one job at a time (`alone`, about 6
+# minutes). Fetch the wheels here first
 # (bash benchmarks/gpu_wheels.sh --peers) and carry .whl:
 #
 #   device run, carry [".whl"], timeout 590:  bash benchmarks/amx_lease.sh lanes
@@ -26,7 +27,7 @@ case $mode in
     tail -n 12 $out/alongside.log ;;
   alone)
     CUDA_VISIBLE_DEVICES= OMP_NUM_THREADS=2 timeout 300 taskset -c 0,1 python3 benchmarks/allocator_speed.py \
-      --spec $PWD/.whl/peers/spec.json --rounds 2 --steps 2 2>&1 | tee $out/allocator.txt
+      --spec $PWD/.whl/peers/spec.json --rounds 2 --steps 2 --profile 25 2>&1 | tee $out/allocator.txt
     timeout 250 python3 benchmarks/lanes.py --peers $PWD/.whl/peers --out $out --lanes 1 --rounds 1 --deadline 100 2>&1 \
       | tee $out/lanes.txt ;;
   *) echo "usage: $0 lanes|alone" >&2; exit 2 ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,21 @@ def test_a_keep_freed_memory_that_is_no_bool_fails_naming_the_key(tiny_recipe, t
                  "--set", 'trainer.keep_freed_memory="sometimes"'])
     assert code != 0
     assert "trainer.keep_freed_memory" in capsys.readouterr().err
+
+
+HARNESS_SPEC = Path(__file__).resolve().parents[2].parent / "shared" / "bench" / "peers" / "spec.json"
+
+
+@pytest.mark.skipif(not HARNESS_SPEC.exists(), reason=f"the peer harness's spec is not at {HARNESS_SPEC}")
+def test_allocator_speed_profiles_one_step_of_each_setting_after_its_figures():
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "allocator_speed.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--precisions", "fp32", "--profile", "4",
+                          "--spec", str(HARNESS_SPEC)], capture_output=True, text=True, check=True).stdout
+    figures = out.index("fp32  kept / as is:")
+    for setting in ("malloc as is", "kept for reuse"):
+        heading = out.index(f"fp32 {setting}: one step under torch.profiler")
+        assert heading > figures
+        table = out[heading:].split("Self CPU time total", 1)[0].splitlines()
+        rules = [i for i, line in enumerate(table) if line.startswith("---")]
+        rows = table[rules[1] + 1 : rules[2]]  # between the header's rule and the closing one
+        assert len(rows) == 4 and "aten::" in "".join(rows)  # the ROWS costliest operators
