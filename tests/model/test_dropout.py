@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from speechforge.model.dropout import Dropout, dropout, keep_mask
+from speechforge.model.dropout import Dropout, as_dtype, dropout, keep_mask, mask_and_scale
 
 N = 1 << 20
 
@@ -59,3 +59,31 @@ def test_seed_repeats_the_masks_and_eval_is_identity():
     layer.eval()
     assert layer(x) is x
     assert dropout(x, 0.0) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_a_mask_as_floats_through_integers_is_the_cast_bit_for_bit(dtype):
+    torch.manual_seed(5)
+    keep = keep_mask((3, 1000), 0.3)
+    fast = as_dtype(keep, dtype)
+    assert fast.dtype == dtype and fast.shape == keep.shape
+    assert torch.equal(fast, keep.to(dtype)) and set(fast.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_masking_and_scaling_rounds_as_multiplying_by_the_bools_then_the_scale(dtype):
+    torch.manual_seed(6)
+    x = (torch.randn(4, 4096) * 100).to(dtype)
+    keep = keep_mask(x.shape, 0.1)
+    for scale in (1 / 0.9, 1 / 0.7):
+        assert torch.equal(mask_and_scale(x, keep, scale), (x * keep).mul_(scale))
+
+
+def test_bf16_dropout_gradient_is_the_forward_mask_and_scale():
+    torch.manual_seed(7)
+    x = torch.randn(32, 300, dtype=torch.bfloat16, requires_grad=True)
+    y = dropout(x, 0.1)
+    upstream = torch.randn_like(y)
+    y.backward(upstream)
+    kept = y.detach() != 0
+    assert torch.equal(x.grad, (upstream * kept).mul_(1 / 0.9))
