@@ -8,7 +8,9 @@
 Each revision is checked out into a temporary git worktree; for each revision and each
 precision (fp32, and bf16 autocast with fp32 master weights, as `trainer.mixed_precision`
 runs it) a worker process imports speechforge from that tree and builds the model, loss and
-optimizer from that tree's recipe sections. The workers are stepped in turn, one batch each
+optimizer from that tree's recipe sections, and keeps freed memory as the trainer does where
+the tree has speechforge.allocator (trees before 4aa0909 leave malloc as it is). The workers
+are stepped in turn, one batch each
 (rotating who goes first), so load that comes and goes on the machine falls on all of them
 alike; each batch counts its best time over the timed rounds.
 
@@ -92,6 +94,12 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     tree = Path(args.tree)
+    try:  # freed memory kept, as `speechforge run`'s trainer keeps it, in trees that can
+        from speechforge import allocator
+    except ImportError:
+        pass
+    else:
+        allocator.keep_freed_memory()
     raw, vocab, augment, data = batches(args, tree)
     torch.manual_seed(0)
     model = recipes.validate_component("models", raw["model"], "model").build(vocab_size=vocab, input_dim=80)
