@@ -3,8 +3,7 @@
 # harness in three lanes of two cores with the quickstart beside it and gpu_check.sh on the spare
 # cores (`lanes`, about 7 minutes), or the allocator comparison (with a profiled step of each
 # setting) and the harness's ESPnet and speechforge bf16 rows one job at a time (`alone`, about 6
-# minutes). Fetch the wheels here first
-# (bash benchmarks/gpu_wheels.sh --peers) and carry .whl:
+# minutes). Fetch the wheels here first (bash benchmarks/gpu_wheels.sh --peers) and carry .whl:
 #
 #   device run, carry [".whl"], timeout 590:  bash benchmarks/amx_lease.sh lanes
 #

@@ -10,9 +10,8 @@ precision (fp32, and bf16 autocast with fp32 master weights, as `trainer.mixed_p
 runs it) a worker process imports speechforge from that tree and builds the model, loss and
 optimizer from that tree's recipe sections, and keeps freed memory as the trainer does where
 the tree has speechforge.allocator (trees before 4aa0909 leave malloc as it is). The workers
-are stepped in turn, one batch each
-(rotating who goes first), so load that comes and goes on the machine falls on all of them
-alike; each batch counts its best time over the timed rounds.
+are stepped in turn, one batch each (rotating who goes first), so load that comes and goes on
+the machine falls on all of them alike; each batch counts its best time over the timed rounds.
 
 Workloads:
   quickstart  recipes/quickstart.toml on the built-in corpus (data/synth, generated if
