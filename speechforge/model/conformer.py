@@ -27,7 +27,7 @@ from pydantic import AfterValidator, Field
 from torch import nn
 
 from speechforge import registry
-from speechforge.model.attention import MultiHeadAttention, attention_mask
+from speechforge.model.attention import MultiHeadAttention, attention_mask, masked_scores
 from speechforge.model.dropout import Dropout, dropout
 from speechforge.model.embeddings import sinusoids
 from speechforge.model.layers import Activation, EncoderStack, FeedForward, Probability
@@ -92,13 +92,10 @@ class RelPositionAttention(MultiHeadAttention):
         scale = 1.0 / math.sqrt(self.head_dim)
         q_u = ((q + self.pos_bias_u) * scale).transpose(1, 2)  # (B, H, T, Dh)
         q_v = ((q + self.pos_bias_v) * scale).transpose(1, 2)
-        # in place: neither product's backward needs its output
-        scores = (q_u @ k.transpose(-2, -1)).add_(rel_shift(q_v @ p.transpose(-2, -1)))  # (B, H, T, T)
         mask = attention_mask(key_valid, t, t, False)
-        if mask is not None:
-            scores.masked_fill_(~mask, float("-inf"))
-        # a padded query still sees the real keys, so no row is all -inf
-        probs = scores.softmax(-1)
+        # in place: neither product's backward needs its output
+        scores = masked_scores(q_u, k, mask, 1.0).add_(rel_shift(q_v @ p.transpose(-2, -1)))  # (B, H, T, T)
+        probs = scores.softmax(-1)  # a padded query still sees the real keys
         out = dropout(probs, self.dropout, self.training) @ v
         out = self.out_proj(out.transpose(1, 2).reshape(b, t, d))
         return out, probs if need_weights else None
