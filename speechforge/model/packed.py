@@ -104,14 +104,15 @@ class PackedCache:
         if self.store["owner"]() is not self:
             raise RuntimeError("this decoder state was replaced by the one select() returned; step that one")
         buffer, t, index, self.index = self.store["buffer"], self.length, self.index, None
-        if buffer is None or (index is not None and not _moves_in_place(index, buffer.shape[1])):
+        # the reorder as a list: a beam's ten rows are cheaper to read in Python than in tensor calls
+        moved = None if index is None or buffer is None else _moves_in_place(index.tolist(), buffer.shape[1])
+        if buffer is None or (index is not None and moved is None):
             past = None if buffer is None else buffer[:t] if index is None else buffer[:t].index_select(1, index)
             buffer = torch.empty((max(16, 2 * (t + u)),) + row, dtype=dtype)
             if past is not None:
                 buffer[:t] = past
-        elif index is not None:
-            moved = (index != torch.arange(index.shape[0])).nonzero().squeeze(1).tolist()
-            for to, source in zip(moved, index[moved].tolist()):
+        elif moved:
+            for to, source in moved:
                 buffer[:t, to] = buffer[:t, source]
         if t + u > buffer.shape[0]:
             bigger = buffer.new_empty((2 * (t + u),) + buffer.shape[1:])
@@ -121,12 +122,13 @@ class PackedCache:
         return buffer[: t + u]
 
 
-def _moves_in_place(index: torch.Tensor, rows: int) -> bool:
-    """Whether ``index`` (same row count) only copies rows that themselves stay where they are."""
-    if index.shape[0] != rows:
-        return False
-    stays = index == torch.arange(rows)
-    return bool(stays[index[~stays]].all())
+def _moves_in_place(index: list[int], rows: int) -> list[tuple[int, int]] | None:
+    """The (to, from) row copies of ``index`` when it has ``rows`` rows and copies only rows
+    that themselves stay where they are (so the copies can run in place); else None."""
+    if len(index) != rows:
+        return None
+    moved = [(to, source) for to, source in enumerate(index) if source != to]
+    return moved if all(index[source] == source for _, source in moved) else None
 
 
 def select_caches(caches, index: torch.Tensor):
@@ -162,14 +164,24 @@ class _PackedLayer:
             self.cross_out = _linear(ca.out_proj, dtype, weights=weights)
         ffn = layer.ffn
         self.ff_in = _linear(ffn[0], dtype, weights=weights)
-        self.activation = ffn[1]
+        # without a module call; ReLU in place on the product's fresh output
+        self.activation = _ACTIVATIONS.get(type(ffn[1]), ffn[1])
         self.ff_out = _linear(ffn[3], dtype, weights=weights)
         self.dtype = dtype
 
 
+_ACTIVATIONS = {nn.ReLU: torch.relu_, nn.GELU: F.gelu, nn.SiLU: F.silu}
+
+
+def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # a step makes about 300 calls, each of which costs more than the arithmetic of a few rows:
+    # skip the ones that do nothing (``Tensor.to`` to its own dtype still goes through dispatch)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def _norm(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # statistics in fp32, as autocast runs layer_norm; the product after it takes ``dtype``
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps).to(dtype)
+    return _as(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps), dtype)
 
 
 class PackedDecoder:
@@ -217,10 +229,14 @@ class PackedDecoder:
         with torch.autocast("cpu", enabled=False):
             x = self.pos(self.embed(tokens) * self.scale, offset)  # (N, U, D) fp32, as the module path
             kv = cache.claim(u, (n, len(layers), 2 * d), self.attention_dtype)  # (T, N, layers, 2D)
+            t, h = kv.shape[0], layers[0].heads
+            # every layer's keys and values in head layout, where the buffer holds them: one
+            # view for the step, not three calls a layer
+            past = kv.view(t, n, len(layers), 2, h, d // h).permute(2, 3, 1, 4, 0, 5)  # (layers, 2, N, H, T, Dh)
             for i, layer in enumerate(layers):
                 qkv = layer.qkv(_norm(layer.norm1, x, dtype))  # (N, U, 3D)
                 kv[-u:, :, i] = qkv[..., d:].transpose(0, 1)  # each layer's new keys and values as they come
-                x = x + self._self_attend(layer, qkv[..., :d], kv[:, :, i], u)
+                x = x + self._self_attend(layer, qkv[..., :d], past[i], u)
                 if layer.cross:
                     k, v = memory_kv[i]
                     x = x + self._cross_attend(layer, _norm(layer.norm2, x, dtype), k, v, memory_valid)
@@ -228,26 +244,25 @@ class PackedDecoder:
             return self.out(_norm(self.final_norm, x, dtype))
 
     def _self_attend(self, layer: _PackedLayer, q: torch.Tensor, kv: torch.Tensor, u: int) -> torch.Tensor:
-        # q (N, U, D), already scaled; kv (T, N, 2D): this layer's past and new keys, values
+        # q (N, U, D), already scaled; kv (2, N, H, T, Dh): this layer's past and new keys, values
         n, _, d = q.shape
-        t, h, dh = kv.shape[0], layer.heads, layer.head_dim
-        q = q.to(self.attention_dtype).view(n, u, h, dh).transpose(1, 2)  # (N, H, U, Dh)
-        k = kv[..., :d].view(t, n, h, dh).permute(1, 2, 0, 3)  # (N, H, T, Dh), where the buffer holds it
-        v = kv[..., d:].view(t, n, h, dh).permute(1, 2, 0, 3)
+        t, h, dh = kv.shape[3], layer.heads, layer.head_dim
+        q = _as(q, self.attention_dtype).view(n, u, h, dh).transpose(1, 2)  # (N, H, U, Dh)
+        k, v = kv.unbind(0)
         # a prefix: each position sees the past and itself
         mask = torch.ones(u, t, dtype=torch.bool).tril(t - u) if u > 1 else None
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
-        return layer.self_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
+        return layer.self_out(_as(out.transpose(1, 2).reshape(n, u, d), layer.dtype))
 
     def _cross_attend(self, layer: _PackedLayer, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       valid: torch.Tensor | None) -> torch.Tensor:
         # the N / B rows (beams) that share a memory row query it together: (B, H, beams x U, Dh)
         n, u, d = h.shape
         b = k.shape[0]
-        q = layer.cross_q(h).to(self.attention_dtype).view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
+        q = _as(layer.cross_q(h), self.attention_dtype).view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
         mask = None if valid is None else valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, beams x U, Dh)
-        return layer.cross_out(out.transpose(1, 2).reshape(n, u, d).to(layer.dtype))
+        return layer.cross_out(_as(out.transpose(1, 2).reshape(n, u, d), layer.dtype))
 
 
 def _standard(decoder: nn.Module) -> bool:
