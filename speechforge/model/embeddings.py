@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from speechforge import registry
+from speechforge.model.conv import StridedConv2d
 from speechforge.model.dropout import Dropout
 from speechforge.recipe import Runtime
 
@@ -59,7 +60,7 @@ class Conv2dSubsampling(nn.Module):
         freq = input_dim
         in_ch = 1
         for _ in range(num_convs):
-            layers += [nn.Conv2d(in_ch, channels, 3, stride=2), nn.ReLU()]
+            layers += [StridedConv2d(in_ch, channels, 3, stride=2), nn.ReLU()]
             in_ch = channels
             freq = (freq - 1) // 2
         # channels-last weights put oneDNN on its channels-last kernels (the input, with one
