@@ -164,13 +164,10 @@ class _PackedLayer:
             self.cross_out = _linear(ca.out_proj, dtype, weights=weights)
         ffn = layer.ffn
         self.ff_in = _linear(ffn[0], dtype, weights=weights)
-        # without a module call; ReLU in place on the product's fresh output
-        self.activation = _ACTIVATIONS.get(type(ffn[1]), ffn[1])
+        # ReLU in place on the product's fresh output, without a module call
+        self.activation = torch.relu_ if type(ffn[1]) is nn.ReLU else ffn[1]
         self.ff_out = _linear(ffn[3], dtype, weights=weights)
         self.dtype = dtype
-
-
-_ACTIVATIONS = {nn.ReLU: torch.relu_, nn.GELU: F.gelu, nn.SiLU: F.silu}
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -229,10 +226,10 @@ class PackedDecoder:
         with torch.autocast("cpu", enabled=False):
             x = self.pos(self.embed(tokens) * self.scale, offset)  # (N, U, D) fp32, as the module path
             kv = cache.claim(u, (n, len(layers), 2 * d), self.attention_dtype)  # (T, N, layers, 2D)
-            t, h = kv.shape[0], layers[0].heads
             # every layer's keys and values in head layout, where the buffer holds them: one
             # view for the step, not three calls a layer
-            past = kv.view(t, n, len(layers), 2, h, d // h).permute(2, 3, 1, 4, 0, 5)  # (layers, 2, N, H, T, Dh)
+            past = kv.view(kv.shape[0], n, len(layers), 2, layers[0].heads, layers[0].head_dim).permute(
+                2, 3, 1, 4, 0, 5)  # (layers, 2, N, H, T, Dh)
             for i, layer in enumerate(layers):
                 qkv = layer.qkv(_norm(layer.norm1, x, dtype))  # (N, U, 3D)
                 kv[-u:, :, i] = qkv[..., d:].transpose(0, 1)  # each layer's new keys and values as they come
