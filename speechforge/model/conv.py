@@ -74,8 +74,8 @@ class StridedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.in_channels >= MIN_CHANNELS and x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32
-                and torch.is_grad_enabled() and self.weight.requires_grad and not torch.is_autocast_enabled("cpu")
+        if (self.in_channels >= MIN_CHANNELS and x.device.type == "cpu"
+                and x.dtype == self.weight.dtype == torch.float32 and torch.is_grad_enabled() and self.weight.requires_grad and not torch.is_autocast_enabled("cpu")
                 and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
             return _Convolution.apply(x, self.weight, self.bias, self.stride[0])
         return super().forward(x)

@@ -4,8 +4,9 @@ PyTorch's CPU dropout draws one Bernoulli sample per element (``bernoulli_``), a
 6 ns an element: on the quickstart that was a fifth of the training step in fp32 and a
 quarter in bf16, more than all the matrix products of the encoder. Here one 64-bit draw
 of the generator decides four elements, each by comparing 16 random bits with the rate,
-so a rate is exact to 1/65536; kept values are scaled by 1 / (1 - p) as F.dropout does. The draws come from torch's default generator, so
-``torch.manual_seed`` and the RNG state a checkpoint keeps make runs repeatable as before.
+so a rate is exact to 1/65536; kept values are scaled by 1 / (1 - p) as F.dropout does.
+The draws come from torch's default generator, so ``torch.manual_seed`` and the RNG state a
+checkpoint keeps make runs repeatable as before.
 
 The mask is kept as bools (a byte an element, where PyTorch's own CPU dropout keeps a mask in
 the input's dtype) and applied as 0 / 1 in the input's dtype. A product of a float tensor and a

@@ -256,7 +256,8 @@ class PackedDecoder:
         # the N / B rows (beams) that share a memory row query it together: (B, H, beams x U, Dh)
         n, u, d = h.shape
         b = k.shape[0]
-        q = _as(layer.cross_q(h), self.attention_dtype).view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
+        q = _as(layer.cross_q(h), self.attention_dtype)
+        q = q.view(b, (n // b) * u, layer.heads, layer.head_dim).transpose(1, 2)
         mask = None if valid is None else valid[:, None, None, :]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)  # (B, H, beams x U, Dh)
         return layer.cross_out(_as(out.transpose(1, 2).reshape(n, u, d), layer.dtype))
